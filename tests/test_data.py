@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from snnlite.data import fashion, fashion_mnist, fashion_mnist_tensors
+from snnlite.data import (
+    augmented_crops,
+    fashion,
+    fashion_mnist,
+    fashion_mnist_tensors,
+    imagenet_batch,
+    imagenet_transform,
+    photo,
+    photo_names,
+)
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
@@ -64,3 +74,35 @@ def test_fashion_mnist_clear_error_without_data(tmp_path, monkeypatch):
     assert "SNNLITE_DATA" in str(info.value)
     with pytest.raises(RuntimeError, match="download disabled"):
         fashion_mnist("test", root=tmp_path / "empty", download=False)
+
+
+# ----------------------------------------------------------------------- photos
+
+
+def test_photos_load_offline():
+    names = photo_names()
+    assert len(names) >= 4
+    for name in names:
+        image = photo(name)
+        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+        assert min(image.shape[:2]) >= 64
+    with pytest.raises(ValueError, match="unknown photo"):
+        photo("no-such-photo")
+
+
+def test_imagenet_batch_and_transform():
+    batch = imagenet_batch()
+    assert batch.shape == (len(photo_names()), 3, 224, 224) and batch.dtype == torch.float32
+    one = imagenet_transform()(photo(photo_names()[0]))
+    torch.testing.assert_close(one, batch[0])
+    assert imagenet_batch(size=96).shape[-2:] == (96, 96)
+
+
+def test_augmented_crops_deterministic_per_seed():
+    a = augmented_crops(6, seed=3, size=64)
+    b = augmented_crops(6, seed=3, size=64)
+    c = augmented_crops(6, seed=4, size=64)
+    assert a.shape == (6, 3, 64, 64) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.isfinite(a).all()
