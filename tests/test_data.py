@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from snnlite.data import (
+    SCENE_CLASSES,
+    FashionScenes,
     augmented_crops,
+    collate_detection,
     fashion,
     fashion_mnist,
     fashion_mnist_tensors,
@@ -15,6 +18,7 @@ from snnlite.data import (
     imagenet_transform,
     photo,
     photo_names,
+    scene_tensors,
 )
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -106,3 +110,106 @@ def test_augmented_crops_deterministic_per_seed():
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert torch.isfinite(a).all()
+
+
+# ----------------------------------------------------------------------- scenes
+
+
+def _same_target(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scenes_deterministic_and_random_access(fashion_root):
+    first = FashionScenes("train", num_scenes=12, seed=5, root=fashion_root)
+    again = FashionScenes("train", num_scenes=12, seed=5, root=fashion_root)
+    other = FashionScenes("train", num_scenes=12, seed=6, root=fashion_root)
+    for i in reversed(range(12)):  # different access order must not matter
+        image_a, target_a = first[i]
+        image_b, target_b = again[i]
+        assert torch.equal(image_a, image_b) and _same_target(target_a, target_b)
+    assert not torch.equal(first[0][0], other[0][0])
+    images_a, semantic_a = scene_tensors("train", 6, 64, seed=5, root=fashion_root)
+    images_b, semantic_b = scene_tensors("train", 6, 64, seed=5, root=fashion_root)
+    assert torch.equal(images_a, images_b) and torch.equal(semantic_a, semantic_b)
+    assert images_a.shape == (6, 3, 64, 64) and semantic_a.shape == (6, 64, 64)
+
+
+def test_scene_targets_are_consistent(fashion_root):
+    size = 96
+    scenes = FashionScenes("test", num_scenes=60, size=size, seed=1, root=fashion_root)
+    counts = set()
+    for i in range(len(scenes)):
+        image, target = scenes[i]
+        assert image.shape == (3, size, size) and image.dtype == torch.float32
+        assert image.min() >= 0 and image.max() <= 1
+        boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
+        semantic = target["semantic"]
+        k = len(labels)
+        counts.add(k)
+        assert 1 <= k <= 4
+        assert boxes.shape == (k, 4) and boxes.dtype == torch.float32
+        assert labels.dtype == torch.int64 and masks.shape == (k, size, size)
+        assert masks.dtype == torch.bool and semantic.dtype == torch.int64
+        assert ((labels >= 1) & (labels <= 10)).all()
+        assert masks.sum(0).max() <= 1  # visible masks never overlap
+        assert torch.equal(semantic > 0, masks.any(0))
+        for box, label, mask in zip(boxes, labels, masks):
+            assert (semantic[mask] == label).all()
+            rows = torch.nonzero(mask.any(1)).flatten()
+            cols = torch.nonzero(mask.any(0)).flatten()
+            tight = torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]).float()
+            assert torch.equal(box, tight)  # encloses every mask pixel, touches each edge
+            assert mask.sum() >= 40
+    assert counts == {1, 2, 3, 4}
+
+
+def test_scene_items_come_from_their_split(fashion_root):
+    pools = {
+        split: fashion_mnist(split, root=fashion_root, normalize=False, download=False)
+        for split in ("train", "test")
+    }
+    right_iou, wrong_iou = [], []
+    for split, other in (("train", "test"), ("test", "train")):
+        scenes = FashionScenes(split, num_scenes=40, seed=2, root=fashion_root)
+        assert torch.equal(scenes.items, pools[split].data)
+        for i in range(len(scenes)):
+            _, target = scenes[i]
+            sources = target["source_indices"]
+            assert sources.max() < len(pools[split])
+            assert torch.equal(target["labels"] - 1, pools[split].targets[sources])
+            # The top item is unoccluded: its mask must be the source item's shape.
+            x1, y1, x2, y2 = target["boxes"][-1].int().tolist()
+            mask = target["masks"][-1, y1:y2, x1:x2]
+            right_iou.append(_shape_iou(pools[split].data[sources[-1]], mask))
+            # The same index in the other split (wrapped) is a different item.
+            wrong_index = sources[-1] % len(pools[other])
+            wrong_iou.append(_shape_iou(pools[other].data[wrong_index], mask))
+    right, wrong = torch.tensor(right_iou), torch.tensor(wrong_iou)
+    # Each top item matches its claimed source better than the other split's item.
+    assert (right > wrong).all()
+    assert right.mean() > 0.95 and wrong.mean() < 0.75
+
+
+def _shape_iou(item: torch.Tensor, mask: torch.Tensor) -> float:
+    """IoU of a 28x28 uint8 item's thresholded shape, stretched to the mask's size."""
+    shape = item.float() / 255 > 0.2
+    rows = torch.nonzero(shape.any(1)).flatten()
+    cols = torch.nonzero(shape.any(0)).flatten()
+    crop = item[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].float()[None, None] / 255
+    resized = torch.nn.functional.interpolate(crop, size=mask.shape, mode="bilinear")
+    resized = resized[0, 0] > 0.2
+    return ((resized & mask).sum() / (resized | mask).sum()).item()
+
+
+def test_collate_detection_and_bad_arguments(fashion_root):
+    scenes = FashionScenes("test", num_scenes=3, size=64, seed=0, root=fashion_root)
+    images, targets = collate_detection([scenes[0], scenes[1]])
+    assert isinstance(images, list) and isinstance(targets, list) and len(images) == 2
+    assert images[0].shape == (3, 64, 64) and "boxes" in targets[1]
+    assert SCENE_CLASSES[0] == "background" and len(SCENE_CLASSES) == 11
+    with pytest.raises(ValueError, match="split"):
+        FashionScenes("val", root=fashion_root)
+    with pytest.raises(ValueError, match="size"):
+        FashionScenes("train", size=16, root=fashion_root)
+    with pytest.raises(IndexError):
+        scenes[3]

@@ -20,18 +20,23 @@ from snnlite.data.photos import (
     photo,
     photo_names,
 )
+from snnlite.data.scenes import SCENE_CLASSES, FashionScenes, collate_detection, scene_tensors
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
+    "FashionScenes",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SCENE_CLASSES",
     "augmented_crops",
+    "collate_detection",
     "fashion_mnist",
     "fashion_mnist_tensors",
     "imagenet_batch",
     "imagenet_transform",
     "photo",
     "photo_names",
+    "scene_tensors",
 ]
