@@ -1,0 +1,182 @@
+"""``convert``: a pretrained CNN and a few calibration batches in, a spiking network out.
+
+The converter only wires things together: :mod:`snnlite.graph` prepares the graph,
+a recipe from :mod:`snnlite.recipes` stands at each activation site while the calibration
+batches run, and :class:`snnlite.network.SpikingNetwork` takes the thresholds. No training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from snnlite.graph import SITES, activation_sites, prepare
+from snnlite.network import MaxPoolMode, SpikingNetwork
+from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
+
+__all__ = ["calibrate", "convert"]
+
+METHODS = ("ltb", "max", "robust")
+
+
+def convert(
+    model: nn.Module,
+    calibration: Iterable[Any],
+    method: str = "ltb",
+    granularity: Granularity = "channel",
+    *,
+    iterations: int | None = None,
+    step_size: float = 1.0,
+    percentile: float = 99.9,
+    max_pool: MaxPoolMode = "gated",
+    keep_analog: Iterable[str] = (),
+    probe_size: int = 256,
+    progress: bool = True,
+) -> SpikingNetwork:
+    """Convert a pretrained CNN into a spiking network, without training.
+
+    Args:
+        model: an eval-mode CNN of conv / linear / batch-norm / ReLU-like / pooling / add /
+            cat / upsample / flatten layers. It is copied, never modified.
+        calibration: an iterable of input batches, or of (input, target) batches.
+        method: ``"ltb"`` local threshold balancing, ``"max"`` max-norm, ``"robust"``
+            percentile norm.
+        granularity: ``"layer"`` (one threshold per site) or ``"channel"`` (per conv channel
+            or linear feature).
+        iterations: LTB updates (one per batch); cycles over ``calibration`` if it is
+            shorter and can be iterated again. ``None``: one pass. The count is a hidden
+            percentile knob: after K updates about 1/(2K) of activations exceed theta.
+        step_size: the LTB step ``c`` (1 in the paper; a large one overshoots).
+        percentile: for ``"robust"``.
+        max_pool: max pools on time-varying inputs: ``"gated"`` (by accumulated input; exact
+            in the limit, default) or ``"current"`` (the paper's per-step pooling).
+        keep_analog: module or node names to keep analog instead of refusing them.
+        probe_size: samples of the first calibration batch kept to estimate the delay.
+        progress: show tqdm progress bars (calibration and simulation).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if granularity not in ("layer", "channel"):
+        raise ValueError(f"granularity must be 'layer' or 'channel', got {granularity!r}")
+    if iterations is not None and (isinstance(iterations, bool) or iterations <= 0):
+        raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
+    if max_pool not in ("gated", "current"):
+        raise ValueError(f"max_pool must be 'gated' or 'current', got {max_pool!r}")
+
+    ann = prepare(model, keep_analog=keep_analog)
+    sites = activation_sites(ann)
+    if not sites:
+        raise ValueError("the model has no ReLU-like activation: nothing to convert")
+    recipes = {
+        name: make_recipe(method, granularity, site.cap, step_size=step_size,
+                          percentile=percentile)  # fmt: skip
+        for name, site in sites.items()
+    }
+    probe = calibrate(ann, recipes, calibration, iterations=iterations, progress=progress)
+    for name, site in sites.items():
+        site.threshold = recipes[name].threshold().to(site.threshold.device)
+    snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress)
+    snn.delay_estimate = snn.estimate_delay(probe[:probe_size])
+    return snn
+
+
+def calibrate(
+    ann: fx.GraphModule,
+    recipes: dict[str, ThresholdRecipe],
+    calibration: Iterable[Any],
+    *,
+    iterations: int | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Run calibration batches with each site's recipe in its place; return the first batch.
+
+    The sites are put back afterwards (their thresholds are the caller's to set).
+    """
+    container = ann.get_submodule(SITES)
+    originals = {name: getattr(container, name) for name in recipes}
+    device = _device_of(ann)
+    first: Tensor | None = None
+    try:
+        for name, recipe in recipes.items():
+            setattr(container, name, recipe)
+        total = iterations if iterations is not None else _length(calibration)
+        batches = tqdm(_batches(calibration, iterations), total=total, desc="calibrate",
+                       unit="batch", disable=not progress, leave=False)  # fmt: skip
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                x = _input_of(batch, index).to(device)
+                if not torch.isfinite(x).all():
+                    raise ValueError(f"calibration batch {index} contains NaN or inf values")
+                if first is None:
+                    first = x
+                ann(x)
+    finally:
+        for name, site in originals.items():
+            setattr(container, name, site)
+    if first is None:
+        raise ValueError("calibration data is empty: pass an iterable of input batches")
+    return first
+
+
+def _batches(calibration: Iterable[Any], iterations: int | None) -> Iterator[Any]:
+    if iterations is None:
+        yield from calibration
+        return
+    one_shot = iter(calibration) is calibration
+    produced = 0
+    while produced < iterations:
+        got_any = False
+        for batch in calibration:
+            got_any = True
+            yield batch
+            produced += 1
+            if produced == iterations:
+                return
+        if not got_any:
+            return
+        if one_shot:
+            warnings.warn(
+                f"calibration is a one-shot iterator: stopped after {produced} of "
+                f"{iterations} iterations (pass a list or DataLoader to cycle)",
+                stacklevel=3,
+            )
+            return
+
+
+def _input_of(batch: Any, index: int) -> Tensor:
+    """The input tensor of a calibration batch: the batch itself or its first element."""
+    if torch.is_tensor(batch):
+        x = batch
+    elif isinstance(batch, list | tuple) and batch and torch.is_tensor(batch[0]):
+        x = batch[0]
+    else:
+        raise TypeError(
+            f"calibration batch {index} is a {type(batch).__name__}: expected a tensor or an "
+            "(input, target) pair"
+        )
+    if x.numel() == 0:
+        raise ValueError(f"calibration batch {index} is empty")
+    if not x.is_floating_point():
+        raise TypeError(f"calibration batch {index} has dtype {x.dtype}: expected floats")
+    return x
+
+
+def _length(iterable: Iterable[Any]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,462 @@
+"""The converted network: thresholds, the clipped ANN, and simulation over time.
+
+One graph, two readings. The prepared fx graph with its :class:`ActivationSite` modules *is*
+the calibrated clipped ANN (:meth:`SpikingNetwork.relux`). Simulation walks the same graph
+with a few nodes swapped for temporal twins: each site becomes an :class:`IFNeuron`, each max
+pool on a time-varying input a :class:`GatedMaxPool` (or, in the paper's form, a per-step
+pool), each node kept analog a :class:`RateAnalog`.
+
+How simulation is fast and flat in memory:
+
+* time is folded into the batch: a chunk of ``steps`` time steps of an (N, ...) activation is
+  one (steps * N, ...) tensor, so every stateless layer (conv, linear, add, pool, upsample)
+  runs once per chunk as one batched call; only the temporal modules unfold time;
+* nodes that do not depend on any neuron (the first conv, BN, the stem pool: direct coding
+  makes them constant in time) are computed once, not once per step;
+* memory depends on the chunk length, not on T; readouts keep prefix sums only at the steps
+  the requested windows start and end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from tqdm.auto import tqdm
+
+from snnlite.graph import ANALOG, SITES, activation_sites
+from snnlite.neurons import IFNeuron
+from snnlite.pooling import MAX_POOL_TYPES, GatedMaxPool
+
+__all__ = ["RateAnalog", "SpikingNetwork", "readout_start"]
+
+Delay = int | Literal["auto", "half"]
+MaxPoolMode = Literal["gated", "current"]
+MIN_WINDOW = 4  # method.md §6: if T < t0 + 4, read out the last 4 steps
+
+
+def readout_start(timesteps: int, delay: int | float) -> int:
+    """The number of leading steps skipped before reading out, for a run of ``timesteps``.
+
+    The readout averages steps ``d < t <= T`` with ``d = floor(delay)``; if fewer than
+    ``MIN_WINDOW`` steps would remain, the last ``MIN_WINDOW`` (or all, if T is shorter).
+    """
+    return max(0, min(int(math.floor(delay)), timesteps - MIN_WINDOW))
+
+
+class RateAnalog(nn.Module):
+    """A node kept analog in the SNN: applies its function to the running average of its inputs.
+
+    Applying a nonlinearity to each theta-valued spike is meaningless; applied to the average
+    input so far it tends to the ANN's value as spikes accumulate (exact in the limit).
+    """
+
+    def __init__(self, function: Any) -> None:
+        super().__init__()
+        self.function = function
+        self.sums: list[Tensor | None] = []
+        self.seen = 0
+
+    def reset(self) -> None:
+        self.sums, self.seen = [], 0
+
+    def forward(self, steps: int, *args: Any, **kwargs: Any) -> Tensor:
+        leaves, spec = tree_flatten((args, kwargs))
+        if not self.sums:
+            self.sums = [None] * len(leaves)
+        averaged = []
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, Tensor) and leaf.dim() > 0:
+                per_step = leaf.reshape(steps, -1, *leaf.shape[1:])
+                sums = torch.cumsum(per_step, dim=0)
+                if self.sums[i] is not None:
+                    sums = sums + self.sums[i]
+                self.sums[i] = sums[-1]
+                counts = torch.arange(self.seen + 1, self.seen + steps + 1, device=leaf.device)
+                mean = sums / counts.view(steps, *([1] * (sums.dim() - 1))).to(sums.dtype)
+                averaged.append(mean.reshape(leaf.shape))
+            else:
+                averaged.append(leaf)
+        self.seen += steps
+        call_args, call_kwargs = tree_unflatten(averaged, spec)
+        return self.function(*call_args, **call_kwargs)
+
+
+class _MethodCall:
+    """``x.name(*args)`` as a callable, for call_method nodes kept analog."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(obj, self.name)(*args, **kwargs)
+
+
+class SpikingNetwork(nn.Module):
+    """A converted network: calibrated thresholds, its clipped ANN, and its spiking simulation.
+
+    Built by :func:`snnlite.convert`. ``forward(x)`` runs :meth:`simulate` for one T.
+    """
+
+    def __init__(
+        self,
+        ann: fx.GraphModule,
+        *,
+        max_pool: MaxPoolMode = "gated",
+        delay_estimate: float | None = None,
+        memory_budget: int = 2**30,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if max_pool not in ("gated", "current"):
+            raise ValueError(f"max_pool must be 'gated' or 'current', got {max_pool!r}")
+        self.ann = ann
+        self.max_pool = max_pool
+        self.delay_estimate = delay_estimate
+        self.memory_budget = memory_budget
+        self.progress = progress
+
+    # --- the ANN side ------------------------------------------------------------------
+
+    @property
+    def thresholds(self) -> Mapping[str, Tensor]:
+        """Activation-site name -> threshold tensor (shape () or (C,)), in execution order."""
+        return MappingProxyType(
+            OrderedDict((name, site.threshold) for name, site in activation_sites(self.ann).items())
+        )
+
+    def relux(self) -> fx.GraphModule:
+        """The calibrated clipped ANN (ReLU -> ``clip(z, 0, theta)``), a standalone copy."""
+        return copy.deepcopy(self.ann)
+
+    def estimate_delay(self, probe: Tensor) -> float:
+        """Estimate when the last layer starts to fire, from one clipped-ANN pass (method.md §6).
+
+        ``t0 = sum_l (theta_l - u_l(0)) / max_i E_x[ReLU(z_l,i)]`` with ``u(0) = theta / 2``.
+        With channel thresholds each channel c gives ``(theta_c / 2) / max_{i in c} E[ReLU z_i]``
+        and a layer contributes the smallest of these: the time its first neuron can fire.
+        Silent channels (theta = 0 or never driven) are skipped; a layer with no channel that
+        can fire contributes nothing (it never fires, so it delays nothing downstream).
+        """
+        means: dict[str, Tensor] = {}
+
+        def record(name: str):
+            def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+                z = inputs[0]
+                means[name] = torch.relu(z).mean(dim=0)  # E_x[ReLU(z)] per neuron, (C, ...)
+
+            return hook
+
+        sites = activation_sites(self.ann)
+        handles = [site.register_forward_pre_hook(record(n)) for n, site in sites.items()]
+        try:
+            with torch.no_grad():
+                self.ann(probe)
+        finally:
+            for handle in handles:
+                handle.remove()
+        t0 = 0.0
+        for name, site in sites.items():
+            drive = means[name]
+            theta = site.threshold.float()
+            if theta.dim() == 0:
+                peak, theta = drive.max().reshape(1), theta.reshape(1)
+            else:
+                peak = drive.reshape(drive.shape[0], -1).amax(dim=1)
+            usable = (theta > 0) & (peak > 0)
+            if usable.any():
+                t0 += float(((theta[usable] / 2) / peak[usable]).min())
+        return t0
+
+    # --- the SNN side ------------------------------------------------------------------
+
+    def forward(self, x: Tensor, timesteps: int = 64, delay: Delay = "auto") -> Tensor:
+        return self.simulate(x, [timesteps], delay=delay)[timesteps]
+
+    @torch.no_grad()
+    def simulate(
+        self,
+        x: Tensor,
+        timesteps: int | Iterable[int],
+        delay: Delay | float = "auto",
+        *,
+        chunk_size: int | None = None,
+        channels_last: bool = False,
+        progress: bool | None = None,
+        record_spikes: bool = False,
+    ) -> dict[int, Any]:
+        """Run ONE simulation to ``max(timesteps)`` and read out every requested T.
+
+        Args:
+            x: an input batch (N, ...), fed to the first layer at every step (direct coding).
+            timesteps: one T or several; each must be a positive integer.
+            delay: steps skipped before the readout window: an int, ``"auto"`` (the estimate
+                made at conversion, :meth:`estimate_delay`) or ``"half"`` (T/2). See
+                :func:`readout_start` for the rule.
+            chunk_size: time steps folded into one batched call; by default as many as fit in
+                ``memory_budget`` bytes of activations (memory is flat in T).
+            channels_last: run 4-D activations in channels-last memory format (often faster
+                on CPU).
+            progress: show a progress bar (defaults to the setting given at conversion).
+            record_spikes: keep per-step spike counts of every neuron (``spike_counts``).
+
+        Returns:
+            ``{T: readout}``: the mean of the network's analog output over the window
+            ``d_T < t <= T``, with the same structure as the model's output.
+        """
+        steps_wanted = _check_timesteps(timesteps)
+        if not torch.is_tensor(x):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if not torch.isfinite(x).all():
+            raise ValueError("the input x contains NaN or inf")
+        self._check_thresholds()
+        starts = {T: readout_start(T, self._delay_steps(T, delay)) for T in steps_wanted}
+        total = max(steps_wanted)
+        batch = x.shape[0]
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        runner = _Runner(self.ann, self.max_pool, channels_last, record_spikes)
+        static = runner.run_static(x)
+        chunk = chunk_size or self._auto_chunk(runner, static, batch, total)
+        if chunk <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk}")
+
+        checkpoints = sorted({0, *starts.values(), *steps_wanted})
+        prefix: dict[int, list[Tensor]] = {}
+        running: list[Tensor] | None = None
+        spec = None
+        show = self.progress if progress is None else progress
+        bar = tqdm(total=total, desc="simulate", unit="step", disable=not show, leave=False)
+        done = 0
+        while done < total:
+            steps = min(chunk, total - done)
+            output = runner.run_chunk(static, steps, batch)
+            leaves, spec = tree_flatten(output)
+            per_step = [_per_step(leaf, steps, batch) for leaf in leaves]
+            if running is None:
+                running = [torch.zeros_like(p[0], dtype=torch.float64) for p in per_step]
+                prefix[0] = [r.clone() for r in running]
+            cumulative = [r + torch.cumsum(p.double(), dim=0) for r, p in zip(running, per_step)]
+            for k in checkpoints:
+                if done < k <= done + steps:
+                    prefix[k] = [c[k - done - 1] for c in cumulative]
+            running = [c[-1] for c in cumulative]
+            done += steps
+            bar.update(steps)
+        bar.close()
+        self.spike_counts = runner.spike_counts() if record_spikes else {}
+
+        results = {}
+        for T in steps_wanted:
+            d = starts[T]
+            means = [((end - begin) / (T - d)).float()
+                     for end, begin in zip(prefix[T], prefix[d])]  # fmt: skip
+            results[T] = tree_unflatten(means, spec)
+        return results
+
+    def _delay_steps(self, T: int, delay: Delay | float) -> float:
+        if delay == "auto":
+            if self.delay_estimate is None:
+                raise ValueError("delay='auto' needs a delay estimate: call estimate_delay()")
+            return self.delay_estimate
+        if delay == "half":
+            return T // 2
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise ValueError(f"delay must be a non-negative int, 'auto' or 'half', got {delay!r}")
+        return delay
+
+    def _check_thresholds(self) -> None:
+        for name, theta in self.thresholds.items():
+            if not torch.isfinite(theta).all():
+                raise ValueError(f"threshold of site {name!r} is not finite: calibrate first")
+
+    def _auto_chunk(self, runner: _Runner, static: dict, batch: int, total: int) -> int:
+        """Steps per chunk so one chunk's activations stay within ``memory_budget`` bytes."""
+        probe = runner.run_chunk(static, 1, batch, measure=True)
+        del probe
+        per_step = max(runner.bytes_per_step, 1)
+        runner.reset()
+        return int(max(1, min(total, self.memory_budget // per_step)))
+
+
+def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
+    values = [timesteps] if isinstance(timesteps, int) else list(timesteps)
+    if not values:
+        raise ValueError("timesteps is empty")
+    for T in values:
+        if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
+            raise ValueError(f"every time step count T must be a positive integer, got {T!r}")
+    return sorted(set(values))
+
+
+def _per_step(leaf: Any, steps: int, batch: int) -> Tensor:
+    """A time-folded output leaf (steps * N, ...) as (steps, N, ...)."""
+    if not torch.is_tensor(leaf):
+        raise TypeError(f"the network output must be tensors, got {type(leaf).__name__}")
+    return leaf.reshape(steps, batch, *leaf.shape[1:])
+
+
+class _Runner:
+    """Walks the prepared graph for simulation: static nodes once, the rest per chunk."""
+
+    def __init__(
+        self, ann: fx.GraphModule, max_pool: MaxPoolMode, channels_last: bool, record: bool
+    ) -> None:
+        self.ann = ann
+        self.nodes = list(ann.graph.nodes)
+        self.temporal: dict[fx.Node, nn.Module] = {}
+        for node in self.nodes:
+            module = self._temporal_twin(node, max_pool)
+            if module is not None:
+                if isinstance(module, IFNeuron):
+                    module.record = record
+                self.temporal[node] = module
+        self.dynamic = self._time_varying()
+        self.last_use = self._last_uses()
+        self.channels_last = channels_last
+        self.bytes_per_step = 0
+
+    def _temporal_twin(self, node: fx.Node, max_pool: MaxPoolMode) -> nn.Module | None:
+        if node.meta.get(ANALOG) and node.op in ("call_module", "call_function", "call_method"):
+            if node.op == "call_module":
+                return RateAnalog(self.ann.get_submodule(node.target))
+            if node.op == "call_function":
+                return RateAnalog(node.target)
+            return RateAnalog(_MethodCall(node.target))
+        if node.op != "call_module":
+            return None
+        if str(node.target).startswith(SITES + "."):
+            return IFNeuron(self.ann.get_submodule(node.target).threshold)
+        module = self.ann.get_submodule(node.target)
+        if isinstance(module, MAX_POOL_TYPES) and max_pool == "gated":
+            return GatedMaxPool(module)
+        return None
+
+    def _time_varying(self) -> set[fx.Node]:
+        """Nodes whose value changes from step to step: neurons and everything downstream."""
+        dynamic: set[fx.Node] = set()
+        for node in self.nodes:
+            is_neuron = isinstance(self.temporal.get(node), IFNeuron)
+            if is_neuron or any(arg in dynamic for arg in node.all_input_nodes):
+                dynamic.add(node)
+        return dynamic
+
+    def _last_uses(self) -> dict[fx.Node, int]:
+        last: dict[fx.Node, int] = {}
+        for i, node in enumerate(self.nodes):
+            for arg in node.all_input_nodes:
+                last[arg] = i
+        return last
+
+    def reset(self) -> None:
+        for module in self.temporal.values():
+            module.reset()
+
+    def spike_counts(self) -> dict[str, Tensor]:
+        """Site name -> spikes per step over the whole run (summed over the batch), (T,)."""
+        return {
+            str(node.target).split(".", 1)[1]: torch.cat(module.spikes_per_step)
+            for node, module in self.temporal.items()
+            if isinstance(module, IFNeuron) and module.spikes_per_step
+        }
+
+    def _call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+        if node.op == "call_module":
+            return self.ann.get_submodule(node.target)(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            obj, *rest = args
+            return getattr(obj, node.target)(*rest, **kwargs)
+        raise RuntimeError(f"unexpected node {node.op} {node.name}")
+
+    def run_static(self, x: Tensor) -> dict[fx.Node, Any]:
+        """Values of the nodes that are constant in time, computed once on the (N, ...) input."""
+        self.reset()
+        env: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            if node in self.dynamic:
+                continue
+            if node.op == "placeholder":
+                env[node] = x
+            elif node.op == "get_attr":
+                env[node] = _fetch_attr(self.ann, node.target)
+            elif node.op == "output":
+                continue
+            else:
+                args, kwargs = _load(node, env)
+                env[node] = self._call(node, args, kwargs)  # temporal twins act as the ANN here
+        return env
+
+    def run_chunk(
+        self, static: dict[fx.Node, Any], steps: int, batch: int, measure: bool = False
+    ) -> Any:
+        """Values of the output for ``steps`` more time steps, time-folded (steps * N, ...)."""
+        env: dict[fx.Node, Any] = {}
+        total_bytes = 0
+        for i, node in enumerate(self.nodes):
+            if node.op == "output":
+                self.bytes_per_step = total_bytes
+                args, _ = _load(node, env, static, steps)
+                return args[0]
+            if node not in self.dynamic:
+                continue
+            module = self.temporal.get(node)
+            if isinstance(module, IFNeuron):
+                source = node.args[0]
+                if source in self.dynamic:
+                    value = module(env[source], steps)
+                else:  # constant current: integrate it without repeating it
+                    value = module(static[source], steps, constant=True)
+            else:
+                args, kwargs = _load(node, env, static, steps)
+                if isinstance(module, GatedMaxPool):
+                    value = module(args[0], steps)
+                elif isinstance(module, RateAnalog):
+                    value = module(steps, *args, **kwargs)
+                else:
+                    value = self._call(node, args, kwargs)
+            env[node] = value
+            if measure and torch.is_tensor(value):
+                total_bytes += value.numel() * value.element_size()
+            for arg in node.all_input_nodes:  # free what no later node needs
+                if self.last_use.get(arg) == i and arg in env:
+                    del env[arg]
+        raise RuntimeError("graph has no output node")
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    value: Any = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _expand_static(value: Any, steps: int) -> Any:
+    """A constant (N, ...) tensor repeated for a chunk: (steps * N, ...)."""
+    if torch.is_tensor(value) and value.dim() > 0 and steps > 1:
+        return value.unsqueeze(0).expand(steps, *value.shape).reshape(-1, *value.shape[1:])
+    return value
+
+
+def _load(
+    node: fx.Node, env: dict, static: dict | None = None, steps: int | None = None
+) -> tuple[tuple, dict]:
+    def value(arg: fx.Node) -> Any:
+        if arg in env:
+            return env[arg]
+        assert static is not None and steps is not None
+        return _expand_static(static[arg], steps)
+
+    args = fx.node.map_arg(node.args, value)
+    kwargs = fx.node.map_arg(node.kwargs, value)
+    return args, kwargs

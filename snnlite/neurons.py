@@ -1,0 +1,165 @@
+"""The two neuron models of the conversion, as small pure functions wrapped by thin modules.
+
+* ``relux``: the clipped ReLU ``clip(z, 0, theta)`` of the calibrated ANN (method.md §1, §3).
+* ``integrate_and_fire``: the discrete-time IF neuron with reset by subtraction, membrane
+  initialised at ``theta / 2`` and theta-valued spikes, at most one per step (method.md §1).
+* ``rate``: the closed-form average output ``psi_T`` of that neuron under a constant current,
+  the bridge between the two (it tends to ``relux`` as T grows).
+
+The spike condition is ``v >= theta`` everywhere (neuron, ``rate``), so ``rate`` matches the
+neuron exactly: a constant current ``z`` gives ``floor(z * T / theta + 1/2)`` spikes in T steps.
+
+A threshold of 0 marks a *silent* neuron (a channel that never activated during calibration):
+it never fires and ``relux`` outputs 0 for it. No code path divides by a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ActivationSite",
+    "IFNeuron",
+    "broadcast_threshold",
+    "integrate_and_fire",
+    "rate",
+    "relux",
+]
+
+
+def broadcast_threshold(threshold: Tensor, ndim: int) -> Tensor:
+    """View a scalar or per-channel threshold so it broadcasts over an ``ndim`` activation.
+
+    Channel thresholds have shape (C,) and the channel is dim 1 of an (N, C, ...) activation,
+    so they become (C, 1, ..., 1); a scalar threshold is returned unchanged.
+    """
+    if threshold.dim() == 0:
+        return threshold
+    return threshold.view(threshold.shape[0], *([1] * (ndim - 2)))
+
+
+def relux(z: Tensor, threshold: Tensor) -> Tensor:
+    """``clip(z, 0, theta)`` with a scalar or per-channel threshold (shape () or (C,))."""
+    return torch.minimum(torch.relu(z), broadcast_threshold(threshold, z.dim()))
+
+
+def rate(z: Tensor, threshold: Tensor | float, timesteps: int) -> Tensor:
+    """Average output over ``timesteps`` of an IF neuron driven by the constant current ``z``.
+
+    ``psi_T(z) = theta / T * clip(floor(z * T / theta + 1/2), 0, T)`` (method.md §1). It is
+    exactly what :func:`integrate_and_fire` produces for a constant input (tested), and it
+    tends to ``clip(z, 0, theta)`` as T grows. Silent neurons (theta = 0) give 0.
+    """
+    theta = torch.as_tensor(threshold, dtype=z.dtype)
+    safe = torch.where(theta > 0, theta, torch.ones_like(theta))
+    spikes = torch.clamp(torch.floor(z * timesteps / safe + 0.5), 0, timesteps)
+    return torch.where(theta > 0, theta * spikes / timesteps, torch.zeros_like(spikes))
+
+
+def _empty_like_over_time(membrane: Tensor, steps: int) -> Tensor:
+    """Uninitialised (steps, N, ...) tensor whose every step has the membrane's memory format."""
+    if membrane.dim() == 4 and membrane.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = membrane.shape
+        buffer = membrane.new_empty((steps, n, h, w, c))
+        return buffer.permute(0, 1, 4, 2, 3)  # (steps, N, C, H, W), channels last per step
+    return membrane.new_empty((steps, *membrane.shape))
+
+
+def integrate_and_fire(
+    currents: Tensor,
+    membrane: Tensor,
+    threshold: Tensor,
+    steps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the IF neuron over a chunk of time steps.
+
+    Args:
+        currents: input currents, shape (steps, N, ...) or, for an input that is constant in
+            time (the first layer under direct coding), shape (N, ...) together with ``steps``.
+        membrane: the membrane potential ``u`` carried over from the previous chunk, (N, ...).
+            It is updated in place (it is this module's state, not the caller's data).
+        threshold: broadcastable to (N, ...): a scalar or a (C, 1, ..., 1) view.
+        steps: number of steps; required for a constant current.
+
+    Returns:
+        spikes of shape (steps, N, ...), theta-valued, and the updated membrane.
+
+    Only the membrane update is sequential; everything around it (the convolutions that make
+    the currents) runs over the whole chunk at once, which is where the speed comes from.
+    """
+    constant = steps is not None and currents.dim() == membrane.dim()
+    if not constant:
+        steps = currents.shape[0]
+    assert steps is not None
+    # Silent neurons (theta = 0) get an infinite firing level so they never fire.
+    fire_level = torch.where(threshold > 0, threshold, torch.full_like(threshold, math.inf))
+    spikes = _empty_like_over_time(membrane, steps)
+    fired = torch.empty(membrane.shape, dtype=torch.bool, device=membrane.device)
+    for t in range(steps):
+        membrane.add_(currents if constant else currents[t])  # integrate
+        torch.ge(membrane, fire_level, out=fired)  # fire: at most one spike per step
+        torch.mul(fired, threshold, out=spikes[t])  # theta-valued spike
+        membrane.sub_(spikes[t])  # reset by subtraction
+    return spikes, membrane
+
+
+class ActivationSite(nn.Module):
+    """One activation call site of the ANN, holding its threshold; acts as ReLUX.
+
+    ``cap`` keeps what the original activation clipped at (6 for ReLU6, inf for ReLU), so a
+    site with an infinite threshold computes exactly the original activation.
+    """
+
+    def __init__(self, threshold: Tensor | None = None, cap: float = math.inf) -> None:
+        super().__init__()
+        self.cap = float(cap)
+        init = torch.tensor(math.inf) if threshold is None else threshold.detach().clone()
+        self.register_buffer("threshold", init)
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = relux(z, self.threshold)
+        return out.clamp(max=self.cap) if math.isfinite(self.cap) else out
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.threshold.shape)
+        return f"threshold={'scalar' if not shape else shape}, cap={self.cap}"
+
+
+class IFNeuron(nn.Module):
+    """Integrate-and-fire neuron over time chunks; the spiking twin of an ActivationSite.
+
+    The input is time-folded into the batch, (steps * N, ...), as every stateless layer of the
+    network sees it; this module alone unfolds time. The membrane persists across chunks until
+    :meth:`reset`. ``spike_count`` accumulates the number of spikes per step (a (steps,) tensor
+    per chunk, summed over the batch) when ``record`` is set, so energy accounting needs no
+    second run.
+    """
+
+    def __init__(self, threshold: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("threshold", threshold)
+        self.membrane: Tensor | None = None
+        self.spikes_per_step: list[Tensor] = []
+        self.record = False
+
+    def reset(self) -> None:
+        self.membrane = None
+        self.spikes_per_step = []
+
+    def forward(self, current: Tensor, steps: int, constant: bool = False) -> Tensor:
+        """current: (steps * N, ...) or, if ``constant``, (N, ...). Returns (steps * N, ...)."""
+        batch = current.shape[0] if constant else current.shape[0] // steps
+        theta = broadcast_threshold(self.threshold.to(current.dtype), current.dim())
+        if self.membrane is None:  # u(0) = theta / 2
+            shape = (batch, *current.shape[1:])
+            self.membrane = (theta / 2).expand(shape).clone(memory_format=torch.preserve_format)
+            if current.is_contiguous(memory_format=torch.channels_last) and current.dim() == 4:
+                self.membrane = self.membrane.contiguous(memory_format=torch.channels_last)
+        currents = current if constant else current.view(steps, batch, *current.shape[1:])
+        spikes, self.membrane = integrate_and_fire(currents, self.membrane, theta, steps)
+        if self.record:
+            self.spikes_per_step.append((spikes != 0).flatten(1).sum(1))
+        return spikes.reshape(steps * batch, *current.shape[1:])  # a view: no copy

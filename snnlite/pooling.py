@@ -1,0 +1,82 @@
+"""Max pooling in time: the window winner chosen by accumulated input (method.md §4).
+
+Pooling the per-step currents of a time-varying input is biased: ``mean_t max_i z_i(t) >=
+max_i mean_t z_i(t)``, and the gap grows with T. Gating each window by accumulated input
+removes the bias in the limit: at every step the window passes the current of the position
+whose input summed so far is largest. That winner settles on the position with the largest
+mean, so the pooled average tends to ``max_i mean_t z_i``, what the ANN computes.
+
+The running sum over a chunk is a cumulative sum, so the whole chunk is pooled in one call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["GatedMaxPool", "pool_with_indices"]
+
+_MAX_POOLS = {
+    nn.MaxPool1d: F.max_pool1d,
+    nn.MaxPool2d: F.max_pool2d,
+    nn.MaxPool3d: F.max_pool3d,
+}
+_ADAPTIVE_MAX_POOLS = {
+    nn.AdaptiveMaxPool1d: F.adaptive_max_pool1d,
+    nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d,
+    nn.AdaptiveMaxPool3d: F.adaptive_max_pool3d,
+}
+MAX_POOL_TYPES = tuple(_MAX_POOLS) + tuple(_ADAPTIVE_MAX_POOLS)
+
+
+def pool_with_indices(pool: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Apply a max-pool module to ``x`` and also return the flat index of each window's winner."""
+    if type(pool) in _MAX_POOLS:
+        return _MAX_POOLS[type(pool)](
+            x,
+            pool.kernel_size,
+            pool.stride,
+            pool.padding,
+            pool.dilation,
+            ceil_mode=pool.ceil_mode,
+            return_indices=True,
+        )
+    if type(pool) in _ADAPTIVE_MAX_POOLS:
+        return _ADAPTIVE_MAX_POOLS[type(pool)](x, pool.output_size, return_indices=True)
+    raise TypeError(f"not a max pool: {type(pool).__name__}")
+
+
+def gather_windows(x: Tensor, indices: Tensor) -> Tensor:
+    """Pick ``x`` at pooling ``indices`` (flat over the spatial dims, per sample and channel)."""
+    flat = x.flatten(2)  # (B, C, H*W)
+    picked = flat.gather(2, indices.flatten(2))  # (B, C, h*w)
+    return picked.view(indices.shape)
+
+
+class GatedMaxPool(nn.Module):
+    """A max pool for inputs that vary in time: each window passes its accumulated-input winner.
+
+    Input is time-folded, (steps * N, C, ...). ``running_sum`` (N, C, ...) persists across
+    chunks until :meth:`reset`.
+    """
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(pool, MAX_POOL_TYPES):
+            raise TypeError(f"GatedMaxPool wraps a max pool, got {type(pool).__name__}")
+        self.pool = pool
+        self.running_sum: Tensor | None = None
+
+    def reset(self) -> None:
+        self.running_sum = None
+
+    def forward(self, x: Tensor, steps: int) -> Tensor:
+        batch = x.shape[0] // steps
+        per_step = x.reshape(steps, batch, *x.shape[1:])
+        sums = torch.cumsum(per_step, dim=0)  # (steps, N, C, ...): input summed so far
+        if self.running_sum is not None:
+            sums += self.running_sum
+        self.running_sum = sums[-1].clone()
+        _, winners = pool_with_indices(self.pool, sums.reshape(x.shape))
+        return gather_windows(x, winners)
