@@ -170,7 +170,7 @@ def test_scene_items_come_from_their_split(fashion_root):
     }
     right_iou, wrong_iou = [], []
     for split, other in (("train", "test"), ("test", "train")):
-        scenes = FashionScenes(split, num_scenes=40, seed=2, root=fashion_root)
+        scenes = FashionScenes(split, num_scenes=30, seed=2, root=fashion_root)
         assert torch.equal(scenes.items, pools[split].data)
         for i in range(len(scenes)):
             _, target = scenes[i]

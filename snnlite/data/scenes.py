@@ -221,8 +221,14 @@ def _masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def collate_detection(batch):
-    """Batch for torchvision detection models: (list of images, list of target dicts)."""
+def collate_detection(
+    batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Batch for torchvision detection models: (list of images, list of target dicts).
+
+    Detection models take lists because images may differ in size and scenes
+    hold different numbers of boxes, so default stacking would fail.
+    """
     images, targets = zip(*batch)
     return list(images), list(targets)
 
