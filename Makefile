@@ -1,0 +1,122 @@
+# snnlite: one entry point for set-up, tests and the book.
+#
+#   make test   create .venv if needed, install everything, fetch data, run pytest
+#   make book   same set-up + vendored JavaScript, then build book/_build/html
+#   make lint   ruff check
+#   make clean  remove build outputs (never the virtual environment)
+#
+# Everything is non-interactive; a fresh machine needs only python3 (with venv), npm and
+# access to the package registries (PyPI, npm; Debian for the optional data package).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_PY := $(VENV)/bin/python
+VENV_PIP := $(VENV_PY) -m pip
+STAMP := $(VENV)/.installed
+
+# The torch pair is installed first and on its own, so that the rest of the dependencies
+# resolve against it. On the reference machines only this pair works: the `!=...+cpu`
+# keeps pip away from a local CPU-only wheel that breaks torchvision. Override it, e.g.
+#   make test TORCH_SPEC='torch torchvision --index-url https://download.pytorch.org/whl/cpu'
+TORCH_SPEC ?= "torch==2.13.0,!=2.13.0+cpu" "torchvision==0.28.0"
+
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+NPM ?= npm
+VENDOR := book/_vendor
+NPM_STAMP := node_modules/.snnlite-npm-ci
+VENDOR_STAMP := $(VENDOR)/.stamp
+
+export CI ?= true
+export PIP_NO_INPUT := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help venv .venv data test lint book vendor clean
+
+help:
+	@echo "make test   - set up .venv, fetch data, run the test-suite"
+	@echo "make book   - set up .venv, fetch data and JS assets, build book/_build/html"
+	@echo "make lint   - ruff check"
+	@echo "make clean  - remove build outputs (keeps .venv)"
+
+# --- Python environment -------------------------------------------------------------------
+
+venv .venv: $(STAMP)
+
+$(VENV_PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-run only when pyproject.toml changes. An existing .venv (with torch already in it) is
+# reused as it is: pip leaves satisfied requirements alone.
+$(STAMP): pyproject.toml | $(VENV_PY)
+	$(VENV_PIP) install --upgrade pip
+	$(VENV_PIP) install $(TORCH_SPEC)
+	$(VENV_PIP) install -e ".[dev,book]"
+	@touch $@
+
+# --- Data ---------------------------------------------------------------------------------
+
+# Best effort: Fashion-MNIST comes from the Debian package `dataset-fashion-mnist`.
+# This target never fails; without the package the code falls back to what snnlite.data does.
+data:
+	@if [ -f "$(FMNIST)" ]; then \
+	  echo "data: Fashion-MNIST found in $(dir $(FMNIST))"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "data: installing dataset-fashion-mnist with apt-get"; \
+	  (export DEBIAN_FRONTEND=noninteractive; apt-get update && \
+	   apt-get install -y dataset-fashion-mnist) </dev/null \
+	  || echo "data: apt-get failed; install 'dataset-fashion-mnist' yourself"; \
+	else \
+	  echo "data: $(FMNIST) is missing. As root run:"; \
+	  echo "        apt-get update && apt-get install -y dataset-fashion-mnist"; \
+	fi
+
+# --- Tests and lint -----------------------------------------------------------------------
+
+test: $(STAMP) data
+	$(VENV_PY) -m pytest </dev/null
+
+lint: $(STAMP)
+	$(VENV_PY) -m ruff check .
+
+# --- Book ---------------------------------------------------------------------------------
+
+# JavaScript that Jupyter Book 1.x would otherwise load from CDNs (MathJax 3, RequireJS and
+# the Jupyter widgets HTML manager) is installed from npm and copied into book/_vendor,
+# a Sphinx static folder (not book/_static: every .js there is injected into every page).
+$(NPM_STAMP): package.json package-lock.json
+	$(NPM) ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+$(VENDOR_STAMP): $(NPM_STAMP)
+	rm -rf $(VENDOR)
+	mkdir -p $(VENDOR)/mathjax/output $(VENDOR)/requirejs $(VENDOR)/html-manager
+	cp node_modules/mathjax/es5/tex-mml-chtml.js $(VENDOR)/mathjax/
+	cp -r node_modules/mathjax/es5/input node_modules/mathjax/es5/ui \
+	      node_modules/mathjax/es5/a11y node_modules/mathjax/es5/sre $(VENDOR)/mathjax/
+	cp -r node_modules/mathjax/es5/output/chtml $(VENDOR)/mathjax/output/
+	cp node_modules/mathjax/LICENSE $(VENDOR)/mathjax/
+	cp node_modules/requirejs/require.js $(VENDOR)/requirejs/
+	cp node_modules/requirejs/README.md $(VENDOR)/requirejs/LICENSE-info.md 2>/dev/null || true
+	cp node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js \
+	   node_modules/@jupyter-widgets/html-manager/dist/*.woff* \
+	   node_modules/@jupyter-widgets/html-manager/dist/*.ttf \
+	   node_modules/@jupyter-widgets/html-manager/dist/*.eot \
+	   node_modules/@jupyter-widgets/html-manager/dist/*.svg \
+	   $(VENDOR)/html-manager/
+	@touch $@
+
+vendor: $(VENDOR_STAMP)
+
+book: $(STAMP) data $(VENDOR_STAMP)
+	$(VENV)/bin/jupyter-book build book --builder html --warningiserror --keep-going </dev/null
+	@echo "book: open book/_build/html/index.html"
+
+# --- Cleaning -----------------------------------------------------------------------------
+
+clean:
+	rm -rf book/_build $(VENDOR) node_modules .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
