@@ -177,3 +177,21 @@ def test_augment_keeps_shape_and_is_seeded() -> None:
     a = augment(x, torch.Generator().manual_seed(1))
     b = augment(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)
+
+
+def test_training_is_seeded_and_deterministic(tmp_path: Path) -> None:
+    """Two tiny runs (256 images, 2 steps) with one seed give byte-identical files.
+
+    Same file name in two folders: torch.save names the zip's root after the file.
+    """
+    from snnlite.zoo.train_classifier import train
+
+    threads = torch.get_num_threads()
+    runs = [
+        train("fmnist_resnet", epochs=1, seed=0, out=tmp_path / f"run{i}" / "net.pth", limit=256)
+        for i in range(2)
+    ]
+    assert runs[0]["sha256"] == runs[1]["sha256"]
+    assert runs[0]["params"] == zoo.info("fmnist_resnet")["params"]
+    assert torch.get_num_threads() == threads  # global settings restored
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -82,7 +82,7 @@ class FashionResNet(nn.Module):
 
     def __init__(
         self,
-        widths: Sequence[int] = (24, 48, 96),
+        widths: Sequence[int] = (16, 32, 64),
         blocks: Sequence[int] = (1, 1, 1),
         num_classes: int = 10,
         in_channels: int = 1,

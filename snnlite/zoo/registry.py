@@ -105,15 +105,18 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         file="fmnist_resnet.pth",
         sha256="TODO",
         metrics={"accuracy": 0.0},
-        params=308074,
+        params=77754,
         input_shape=(1, 28, 28),
         classes=FASHION_MNIST_CLASSES,
         train_command=(
-            "python -m snnlite.zoo.train_classifier --model fmnist_resnet --epochs 8 --seed 0 "
+            "python -m snnlite.zoo.train_classifier --model fmnist_resnet --epochs 10 --seed 0 "
             "--out snnlite/zoo/weights/fmnist_resnet.pth"
         ),
         train_cpu_minutes=None,
-        description="Small ResNet of torchvision BasicBlocks (widths 32/64/128, one block each).",
+        description=(
+            "Small ResNet: conv3x3 stem, then one torchvision BasicBlock per stage "
+            "(widths 16/32/64, stride-2 conv1x1+BN shortcuts), global average pool, linear."
+        ),
     ),
     ZooEntry(
         name="mobilenet_v2_imagenet",

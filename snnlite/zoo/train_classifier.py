@@ -17,7 +17,6 @@ records.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from snnlite.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist_tensors
-from snnlite.zoo.registry import build
+from snnlite.zoo.registry import build, sha256_file
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -62,15 +61,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(images)
 
 
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file (what the registry pins)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def train(
     model_name: str,
     epochs: int,
@@ -81,15 +71,44 @@ def train(
     weight_decay: float = 5e-4,
     label_smoothing: float = 0.1,
     threads: int = 1,
+    limit: int | None = None,
 ) -> dict:
-    """Train ``model_name`` and save its float32 state_dict to ``out``; return the stats."""
+    """Train ``model_name`` and save its float32 state_dict to ``out``; return the stats.
+
+    ``limit`` keeps only the first ``limit`` train and test images (for smoke
+    tests). The global thread count and determinism flag are restored on return,
+    so calling this from a test or notebook leaves torch as it was.
+    """
+    old_threads = torch.get_num_threads()
+    old_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(model_name, epochs, seed, Path(out), batch_size, lr, weight_decay,
+                      label_smoothing, limit)
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_deterministic)
+
+
+def _train(
+    model_name: str,
+    epochs: int,
+    seed: int,
+    out: Path,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    label_smoothing: float,
+    limit: int | None,
+) -> dict:
+    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
     x_train, y_train = fashion_mnist_tensors("train")
     x_test, y_test = fashion_mnist_tensors("test")
+    if limit is not None:
+        x_train, y_train, x_test, y_test = (t[:limit] for t in (x_train, y_train, x_test, y_test))
 
     model = build(model_name)
     # channels_last is ~1.5x faster for these convs on CPU; it changes no math.
@@ -142,7 +161,7 @@ def train(
         "cpu_minutes": round(cpu_min, 1),
         "wall_minutes": round(wall_min, 1),
         "params": sum(p.numel() for p in fresh.parameters()),
-        "sha256": sha256_of(out),
+        "sha256": sha256_file(out),
         "bytes": out.stat().st_size,
     }
     return stats
