@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import os
 import re
 from collections.abc import Iterable
 
@@ -43,6 +44,7 @@ __all__ = [
     "trace",
 ]
 
+_TORCH_DIR = os.path.dirname(torch.__file__)
 SITES = "sites"  # the submodule that holds every ActivationSite
 ANALOG = "snnlite_analog"  # node.meta flag: the user keeps this node analog
 
@@ -135,6 +137,7 @@ def describe(node: fx.Node) -> str:
     )
     where = ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', node.stack_trace or "")
+    frames = [f for f in frames if not f[0].startswith(_TORCH_DIR)]  # the user's code
     if frames:
         file, line = frames[-1]
         where = f" at {file}:{line}"
@@ -379,22 +382,28 @@ def _fold_batchnorms(gm: fx.GraphModule) -> None:
 
 def _fuse(layer: nn.Module, bn: nn.Module) -> nn.Module | None:
     """A copy of ``layer`` with the eval-mode ``bn`` that follows it folded in, or None."""
-    stats = (bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    # Fold in float64, then cast back: small running variances amplify rounding otherwise.
+    def double(t):
+        return None if t is None else t.detach().double()
+
+    stats = (double(bn.running_mean), double(bn.running_var), bn.eps, double(bn.weight),
+             double(bn.bias))  # fmt: skip
+    weight, bias = double(layer.weight), double(layer.bias)
     if isinstance(layer, _CONVS) and layer.out_channels == bn.running_mean.numel():
-        fused = copy.deepcopy(layer)
         transpose = isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d,
                                        nn.ConvTranspose3d))  # fmt: skip
-        fused.weight, fused.bias = fuse_conv_bn_weights(
-            layer.weight, layer.bias, *stats, transpose=transpose
-        )
-        return fused
-    if isinstance(layer, nn.Linear) and layer.out_features == bn.running_mean.numel():
+        weight, bias = fuse_conv_bn_weights(weight, bias, *stats, transpose=transpose)
+    elif isinstance(layer, nn.Linear) and layer.out_features == bn.running_mean.numel():
         if bn.weight is None:
             return None
-        fused = copy.deepcopy(layer)
-        fused.weight, fused.bias = fuse_linear_bn_weights(layer.weight, layer.bias, *stats)
-        return fused
-    return None
+        weight, bias = fuse_linear_bn_weights(weight, bias, *stats)
+    else:
+        return None
+    fused = copy.deepcopy(layer)
+    dtype = layer.weight.dtype
+    fused.weight = nn.Parameter(weight.to(dtype), requires_grad=layer.weight.requires_grad)
+    fused.bias = nn.Parameter(bias.to(dtype), requires_grad=layer.weight.requires_grad)
+    return fused
 
 
 def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:

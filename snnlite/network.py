@@ -233,6 +233,7 @@ class SpikingNetwork(nn.Module):
         checkpoints = sorted({0, *starts.values(), *steps_wanted})
         prefix: dict[int, list[Tensor]] = {}
         running: list[Tensor] | None = None
+        dtypes: list[torch.dtype] = []
         spec = None
         show = self.progress if progress is None else progress
         bar = tqdm(total=total, desc="simulate", unit="step", disable=not show, leave=False)
@@ -243,6 +244,7 @@ class SpikingNetwork(nn.Module):
             leaves, spec = tree_flatten(output)
             per_step = [_per_step(leaf, steps, batch) for leaf in leaves]
             if running is None:
+                dtypes = [p.dtype for p in per_step]
                 running = [torch.zeros_like(p[0], dtype=torch.float64) for p in per_step]
                 prefix[0] = [r.clone() for r in running]
             cumulative = [r + torch.cumsum(p.double(), dim=0) for r, p in zip(running, per_step)]
@@ -258,8 +260,8 @@ class SpikingNetwork(nn.Module):
         results = {}
         for T in steps_wanted:
             d = starts[T]
-            means = [((end - begin) / (T - d)).float()
-                     for end, begin in zip(prefix[T], prefix[d])]  # fmt: skip
+            means = [((end - begin) / (T - d)).to(dtype)
+                     for end, begin, dtype in zip(prefix[T], prefix[d], dtypes)]  # fmt: skip
             results[T] = tree_unflatten(means, spec)
         return results
 

@@ -74,9 +74,11 @@ class GatedMaxPool(nn.Module):
     def forward(self, x: Tensor, steps: int) -> Tensor:
         batch = x.shape[0] // steps
         per_step = x.reshape(steps, batch, *x.shape[1:])
-        sums = torch.cumsum(per_step, dim=0)  # (steps, N, C, ...): input summed so far
         if self.running_sum is not None:
-            sums += self.running_sum
+            # Sum in the same order as a step-by-step run (running sum first), so equal sums
+            # round equally and ties between positions break the same way for any chunking.
+            per_step = torch.cat([self.running_sum.unsqueeze(0), per_step])
+        sums = torch.cumsum(per_step, dim=0)[-steps:]  # (steps, N, C, ...): input so far
         self.running_sum = sums[-1].clone()
         _, winners = pool_with_indices(self.pool, sums.reshape(x.shape))
         return gather_windows(x, winners)

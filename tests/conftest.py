@@ -1,0 +1,44 @@
+"""Shared fixtures: real photos and torchvision networks with realistic batch-norm statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def photo_crops() -> torch.Tensor:
+    """48 deterministic augmented crops of scikit-image photos, 32x32, ImageNet-normalised."""
+    from snnlite.data import augmented_crops
+
+    return augmented_crops(48, seed=0, size=32)
+
+
+def with_data_statistics(model: nn.Module, images: torch.Tensor, batch: int = 16) -> nn.Module:
+    """Re-estimate every batch norm's running statistics on real images, then eval.
+
+    A ``weights=None`` torchvision network has BN statistics of 0/1, which no trained network
+    has; recomputing them on real photos (a standard BN recalibration) gives activations of
+    realistic scale without any training, so conversion is tested on a sensible network.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            model(images[start : start + batch])
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def resnet18_photos(photo_crops: torch.Tensor) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    return with_data_statistics(model, photo_crops)

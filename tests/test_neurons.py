@@ -1,0 +1,114 @@
+"""The IF neuron, its rate function and the gated max pool: exact properties."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snnlite.neurons import IFNeuron, integrate_and_fire, rate, relux
+from snnlite.pooling import GatedMaxPool
+
+
+def run_constant(z: torch.Tensor, theta: torch.Tensor, steps: int) -> torch.Tensor:
+    membrane = (theta / 2).expand_as(z).clone()
+    spikes, _ = integrate_and_fire(z, membrane, theta, steps)
+    return spikes
+
+
+def test_constant_current_gives_exactly_the_rate_function() -> None:
+    z = torch.linspace(-0.5, 2.5, 301, dtype=torch.float64)
+    theta = torch.tensor(1.25, dtype=torch.float64)
+    for steps in (1, 2, 7, 32, 100):
+        spikes = run_constant(z, theta, steps)
+        assert torch.allclose(spikes.mean(0), rate(z, theta, steps), atol=1e-12)
+
+
+def test_spikes_are_theta_valued_and_at_most_one_per_step() -> None:
+    theta = torch.tensor(0.5)
+    currents = torch.rand(50, 1000) * 3  # currents up to 6 theta: the neuron saturates
+    membrane = (theta / 2).expand(1000).clone()
+    spikes, _ = integrate_and_fire(currents, membrane, theta)
+    values = set(spikes.unique().tolist())
+    assert values <= {0.0, 0.5}
+
+
+def test_reset_by_subtraction_keeps_charge() -> None:
+    """u(T) = u(0) + sum of inputs - sum of spikes: no information is lost at reset."""
+    theta = torch.tensor([0.7, 1.3]).view(2, 1)
+    currents = torch.randn(64, 2, 10, dtype=torch.float32).abs()
+    u0 = (theta / 2).expand(2, 10).clone()
+    spikes, u = integrate_and_fire(currents, u0.clone(), theta)
+    assert torch.allclose(u, u0 + currents.sum(0) - spikes.sum(0), atol=1e-4)
+
+
+def test_rate_tends_to_relux() -> None:
+    z = torch.linspace(-1, 3, 401, dtype=torch.float64)
+    theta = torch.tensor(2.0, dtype=torch.float64)
+    errors = [(rate(z, theta, T) - relux(z, theta)).abs().max().item() for T in (4, 16, 64, 256)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert errors[-1] <= theta.item() / (2 * 256) + 1e-12  # quantisation: theta / 2T
+
+
+def test_half_threshold_start_centres_the_quantisation() -> None:
+    """With u(0) = theta/2 the rate rounds z to the nearest level instead of flooring it."""
+    theta = torch.tensor(1.0)
+    z = torch.tensor([0.49 / 8, 0.51 / 8])  # just below / above half a level at T = 8
+    assert rate(z, theta, 8).tolist() == [0.0, 1 / 8]
+
+
+def test_silent_neuron_never_fires_and_never_divides() -> None:
+    neuron = IFNeuron(torch.tensor([0.0, 1.0]))
+    out = neuron(torch.ones(3 * 2, 2), steps=3)
+    assert torch.isfinite(out).all()
+    assert out.view(3, 2, 2)[:, :, 0].eq(0).all()
+    assert torch.isfinite(rate(torch.ones(3), torch.tensor(0.0), 8)).all()
+
+
+def test_neuron_chunks_equal_one_long_run() -> None:
+    torch.manual_seed(0)
+    theta = torch.rand(4) + 0.5
+    currents = torch.randn(12, 3, 4, 5, 5)  # (T, N, C, H, W)
+    whole = IFNeuron(theta)(currents.reshape(36, 4, 5, 5), steps=12)
+    split = IFNeuron(theta)
+    parts = [split(currents[a:b].reshape(-1, 4, 5, 5), steps=b - a) for a, b in ((0, 5), (5, 12))]
+    assert torch.equal(whole, torch.cat([p.view(-1, 3, 4, 5, 5) for p in parts]).view(36, 4, 5, 5))
+
+
+def test_constant_input_path_equals_repeated_input() -> None:
+    torch.manual_seed(1)
+    theta = torch.rand(4) + 0.2
+    x = torch.randn(3, 4, 6, 6)
+    repeated = IFNeuron(theta)(x.repeat(9, 1, 1, 1), steps=9)
+    constant = IFNeuron(theta)(x, steps=9, constant=True)
+    assert torch.equal(repeated, constant)
+
+
+def test_gated_pool_on_constant_input_is_the_max_pool() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    pool = GatedMaxPool(nn.MaxPool2d(2))
+    out = pool(x.repeat(5, 1, 1, 1), steps=5).view(5, 2, 3, 4, 4)
+    assert torch.equal(out, F.max_pool2d(x, 2).expand(5, -1, -1, -1, -1))
+
+
+def test_gated_pool_average_tends_to_max_of_means_while_per_step_pool_is_biased() -> None:
+    """Two positions firing alternately: mean of per-step max is 1, the true max mean 0.5."""
+    steps = 200
+    a = torch.tensor([1.0, 0.0]).repeat(steps // 2)  # position a: 1, 0, 1, 0, ...
+    b = 1 - a  # position b: 0, 1, 0, 1, ...
+    x = torch.stack([a, b], dim=-1).view(steps, 1, 1, 1, 2)  # (T, N, C, H, W)
+    pool = nn.MaxPool2d((1, 2))
+    gated = GatedMaxPool(pool)(x.reshape(steps, 1, 1, 2), steps=steps)
+    per_step = pool(x.reshape(steps, 1, 1, 2))
+    assert abs(gated.mean().item() - 0.5) < 0.01
+    assert per_step.mean().item() == 1.0
+
+
+def test_gated_pool_chunks_equal_one_run() -> None:
+    torch.manual_seed(2)
+    x = torch.rand(20, 2, 3, 6, 6)
+    whole = GatedMaxPool(nn.MaxPool2d(3, 2, 1))(x.reshape(40, 3, 6, 6), steps=20)
+    pool = GatedMaxPool(nn.MaxPool2d(3, 2, 1))
+    first = pool(x[:7].reshape(14, 3, 6, 6), steps=7)
+    second = pool(x[7:].reshape(26, 3, 6, 6), steps=13)
+    assert torch.equal(whole, torch.cat([first, second]))

@@ -1,0 +1,121 @@
+"""Threshold recipes: the LTB rule's known properties, max and robust norms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import snnlite
+from snnlite.recipes import LocalThresholdBalancing, MaxNorm, RobustNorm
+
+
+def half_normal_batches(count: int, size: int = 4096, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, 1, generator=generator, dtype=torch.float64).abs()
+            for _ in range(count)]  # fmt: skip
+
+
+def test_ltb_thresholds_never_decrease() -> None:
+    recipe = LocalThresholdBalancing("channel")
+    generator = torch.Generator().manual_seed(0)
+    history = []
+    for _ in range(200):
+        recipe(torch.randn(32, 6, 5, 5, generator=generator) * torch.arange(1, 7).view(6, 1, 1))
+        history.append(recipe.threshold().clone())
+    steps = torch.stack(history).diff(dim=0)
+    assert (steps >= 0).all()
+
+
+@pytest.mark.parametrize("updates", [100, 1000])
+def test_ltb_iteration_count_is_a_hidden_percentile(updates: int) -> None:
+    """After K updates on half-normal input, P(z > theta_K) ~ 1 / (2K) (within a factor 2)."""
+    recipe = LocalThresholdBalancing("layer")
+    for batch in half_normal_batches(updates):
+        recipe(batch)
+    theta = recipe.threshold().double()
+    exceed = torch.erfc(theta / np.sqrt(2)).item()  # P(|N(0,1)| > theta), exact
+    target = 1 / (2 * updates)
+    assert target / 2 < exceed < target * 2, (theta.item(), exceed, target)
+
+
+def test_large_step_overshoots_and_stays_above_the_data() -> None:
+    batches = half_normal_batches(50, seed=1)
+    small, large = LocalThresholdBalancing("layer"), LocalThresholdBalancing("layer", step_size=8)
+    for batch in batches:
+        small(batch)
+        large(batch)
+    maximum = max(batch.max().item() for batch in batches)
+    assert small.threshold() < maximum < large.threshold()
+
+
+def test_ltb_output_uses_the_updated_threshold() -> None:
+    recipe = LocalThresholdBalancing("layer")
+    z = torch.tensor([[3.0], [1.0], [-1.0]])
+    out = recipe(z)
+    theta = 2 * (3.0 + 1.0) / 3  # from theta = 0: mean of 2 (z - 0)+
+    assert torch.allclose(recipe.threshold(), torch.tensor(theta))
+    assert torch.allclose(out, torch.tensor([[theta], [1.0], [0.0]]))
+
+
+def test_silent_channels_keep_zero_and_cause_no_nan(resnet18_photos, photo_crops) -> None:
+    recipe = LocalThresholdBalancing("channel")
+    z = torch.randn(16, 3, 4, 4)
+    z[:, 1] = -z[:, 1].abs() - 0.1  # channel 1 never activates
+    recipe(z)
+    assert recipe.threshold()[1] == 0
+    # In a real network: silence some channels of a conv completely.
+    model = resnet18_photos
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.layer2[0].bn1.bias[:5] = -1e4  # these channels are always negative
+    snn = snnlite.convert(model, [photo_crops[:16]], progress=False)
+    theta = snn.thresholds["layer2_0_relu"]
+    assert (theta[:5] == 0).all() and (theta[5:] > 0).all()
+    assert np.isfinite(snn.delay_estimate) and snn.delay_estimate >= 0
+    out = snn.simulate(photo_crops[16:18], [8], delay="auto")[8]
+    assert torch.isfinite(out).all()
+
+
+def test_max_norm_is_the_maximum_activation() -> None:
+    z = torch.randn(8, 4, 3, 3)
+    layer, channel = MaxNorm("layer"), MaxNorm("channel")
+    layer(z[:4]), layer(z[4:]), channel(z[:4]), channel(z[4:])
+    assert torch.equal(layer.threshold(), z.amax())
+    assert torch.equal(channel.threshold(), z.amax(dim=(0, 2, 3)).clamp(min=0))
+
+
+def test_robust_norm_is_the_percentile_of_positive_activations() -> None:
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 2, 8, 8, generator=generator)
+    recipe = RobustNorm("channel", percentile=99.0)
+    recipe(z)
+    for c in range(2):
+        values = z[:, c].flatten()
+        expected = np.percentile(values[values > 0].numpy(), 99.0)
+        assert abs(recipe.threshold()[c].item() - expected) < 0.02
+
+
+def test_relu6_threshold_never_exceeds_the_cap() -> None:
+    recipe = LocalThresholdBalancing("layer", cap=6.0)
+    for _ in range(20):
+        recipe(torch.full((10, 1), 50.0))
+    assert recipe.threshold() == 6.0
+
+
+@pytest.mark.parametrize("method", ["ltb", "max", "robust"])
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_every_method_and_granularity_converts(method, granularity, resnet18_photos, photo_crops):
+    snn = snnlite.convert(resnet18_photos, [photo_crops[:16]], method=method,
+                          granularity=granularity, progress=False)  # fmt: skip
+    assert len(snn.thresholds) == 17
+    for name, theta in snn.thresholds.items():
+        assert torch.isfinite(theta).all() and (theta >= 0).all(), name
+        assert theta.dim() == (0 if granularity == "layer" else 1)
+    if method == "max":  # max-norm: no ReLUX output is clipped on the calibration data
+        with torch.no_grad():
+            prepared = snnlite.prepare(resnet18_photos)
+            assert torch.allclose(snn.relux()(photo_crops[:16]), prepared(photo_crops[:16]),
+                                  rtol=1e-4, atol=1e-5)  # fmt: skip

@@ -1,0 +1,237 @@
+"""Simulation: convergence to the clipped ANN, one run = many runs, an independent oracle."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import snnlite
+from snnlite.graph import SITES
+from snnlite.network import readout_start
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def resnet_snn(resnet18_photos, photo_crops):
+    return snnlite.convert(resnet18_photos, [photo_crops[:16], photo_crops[16:32]], progress=False)
+
+
+def test_snn_approaches_the_clipped_ann(resnet_snn, photo_crops) -> None:
+    """Relative error of the readout against relux(): falls with T, under 2% at T = 1024.
+
+    Measured here (resnet18, BN statistics from real photos, 32x32, LTB channel):
+    about 26% / 8.7% / 2.4% / 0.7% at T = 16 / 64 / 256 / 1024.
+    """
+    x = photo_crops[32:36]
+    with torch.no_grad():
+        target = resnet_snn.relux()(x)
+    outputs = resnet_snn.simulate(x, [16, 64, 256, 1024], delay=0)
+    errors = [relative_error(outputs[T], target) for T in (16, 64, 256, 1024)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.02, errors
+
+
+@pytest.mark.parametrize("delay", [0, 5, "auto", "half"])
+def test_one_run_equals_separate_runs(resnet_snn, photo_crops, delay) -> None:
+    x = photo_crops[36:38]
+    curve = resnet_snn.simulate(x, [3, 8, 20], delay=delay)
+    for T in (3, 8, 20):
+        alone = resnet_snn.simulate(x, [T], delay=delay)[T]
+        assert torch.allclose(curve[T], alone, rtol=1e-5, atol=1e-6), T
+
+
+def test_chunk_size_does_not_change_the_result(resnet_snn, photo_crops) -> None:
+    x = photo_crops[38:40]
+    reference = resnet_snn.simulate(x, [12], delay=0, chunk_size=12)[12]
+    for chunk in (1, 5):
+        out = resnet_snn.simulate(x, [12], delay=0, chunk_size=chunk)[12]
+        assert torch.allclose(out, reference, rtol=1e-5, atol=1e-6)
+    channels_last = resnet_snn.simulate(x, [12], delay=0, channels_last=True)[12]
+    assert torch.allclose(channels_last, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_delay_is_a_finite_estimate(resnet_snn, photo_crops) -> None:
+    t0 = resnet_snn.delay_estimate
+    assert math.isfinite(t0) and t0 >= 0
+    assert resnet_snn.estimate_delay(photo_crops[:8]) == pytest.approx(t0, rel=0.5)
+    # the window rule: skip floor(t0) steps, but always keep the last 4
+    assert readout_start(100, 7.9) == 7
+    assert readout_start(10, 7.9) == 6
+    assert readout_start(3, 7.9) == 0
+
+
+def test_the_first_layer_current_is_computed_once(resnet_snn, photo_crops) -> None:
+    """Direct coding: conv1 (and the stem pool) run once per simulation, not once per step."""
+    calls = []
+    conv1 = resnet_snn.ann.get_submodule("conv1")
+    handle = conv1.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        resnet_snn.simulate(photo_crops[:2], [16], chunk_size=4)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+# --- an independent oracle: the plainest possible step-by-step simulation -----------------
+
+
+class StepIF(nn.Module):
+    """One IF neuron step at a time, written independently of snnlite.neurons."""
+
+    def __init__(self, threshold: torch.Tensor) -> None:
+        super().__init__()
+        self.theta = threshold
+        self.u = None
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        theta = self.theta.view(-1, *([1] * (z.dim() - 2))) if self.theta.dim() else self.theta
+        if self.u is None:
+            self.u = (theta / 2).expand_as(z).clone()
+        self.u = self.u + z
+        spike = torch.where((self.u >= theta) & (theta > 0), theta, torch.zeros_like(self.u))
+        self.u = self.u - spike
+        return spike
+
+
+class StepGatedPool(nn.Module):
+    """Max pool gated by the running sum of its input, one step at a time."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool, self.sum = pool, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sum = x.clone() if self.sum is None else self.sum + x
+        _, idx = nn.functional.max_pool2d(
+            self.sum, self.pool.kernel_size, self.pool.stride, self.pool.padding,
+            return_indices=True,
+        )  # fmt: skip
+        return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+
+
+def oracle(snn: snnlite.SpikingNetwork, x: torch.Tensor, steps: int, gated: bool) -> torch.Tensor:
+    """Mean output over ``steps`` steps of the graph with per-step stateful modules."""
+    net = snn.relux()
+    for name, site in list(net.get_submodule(SITES).named_children()):
+        setattr(net.get_submodule(SITES), name, StepIF(site.threshold))
+    if gated:
+        for name, module in list(net.named_modules()):
+            if isinstance(module, nn.MaxPool2d):
+                parent, _, attr = name.rpartition(".")
+                setattr(net.get_submodule(parent) if parent else net, attr, StepGatedPool(module))
+    with torch.no_grad():
+        return torch.stack([net(x) for _ in range(steps)]).mean(0)
+
+
+class VGGStyle(nn.Module):
+    """conv-BN-ReLU blocks with max pools after spiking layers (the case pooling must handle)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        self.features = nn.Sequential(
+            *block(3, 16), *block(16, 16), nn.MaxPool2d(2),
+            *block(16, 32), nn.MaxPool2d(2), *block(32, 32), nn.MaxPool2d(2, 2, 1),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 5 * 5, 32), nn.ReLU(),
+                                  nn.Linear(32, 10))  # fmt: skip
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("max_pool", ["gated", "current"])
+def test_simulate_equals_a_step_by_step_oracle(photo_crops, max_pool) -> None:
+    """In float64, chunked simulation equals the plainest per-step loop (both pool forms)."""
+    from tests.conftest import with_data_statistics
+
+    torch.manual_seed(0)
+    model = with_data_statistics(VGGStyle(), photo_crops[:32]).double()
+    images = photo_crops.double()
+    snn = snnlite.convert(model, [images[:16]], max_pool=max_pool, progress=False)
+    x = images[32:36]
+    ours = snn.simulate(x, [7, 30], delay=0, chunk_size=8)
+    for T in (7, 30):
+        reference = oracle(snn, x, T, gated=max_pool == "gated")
+        assert torch.allclose(ours[T].double(), reference, rtol=1e-5, atol=1e-6)
+
+
+# --- analog parts and errors -----------------------------------------------------------
+
+
+class WithGELU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.gelu = nn.GELU()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.gelu(self.mix(self.act(self.conv(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_gelu_is_refused_with_its_name_and_source_line(photo_crops) -> None:
+    model = WithGELU().eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(snnlite.UnsupportedLayerError, match=r"'gelu'.*test_simulate\.py:\d+.*GELU"):
+        snnlite.convert(model, [photo_crops[:4]], progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_kept_analog_parts_run_on_average_inputs_and_converge(photo_crops) -> None:
+    torch.manual_seed(0)
+    model = WithGELU().eval()
+    snn = snnlite.convert(model, [photo_crops[:16]], keep_analog=["gelu"], progress=False)
+    assert list(snn.thresholds) == ["act"]
+    x = photo_crops[16:20]
+    with torch.no_grad():
+        target = snn.relux()(x)
+    out = snn.simulate(x, [16, 256], delay=0)
+    assert relative_error(out[256], target) < relative_error(out[16], target)
+    assert relative_error(out[256], target) < 0.05
+
+
+def test_bad_inputs_raise_clear_errors(resnet18_photos, photo_crops) -> None:
+    model = resnet18_photos
+    with pytest.raises(ValueError, match="calibration data is empty"):
+        snnlite.convert(model, [], progress=False)
+    bad = photo_crops[:4].clone()
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="calibration batch 1 contains NaN"):
+        snnlite.convert(model, [photo_crops[:4], bad], progress=False)
+    with pytest.raises(ValueError, match="method"):
+        snnlite.convert(model, [photo_crops[:4]], method="magic", progress=False)
+    with pytest.raises(TypeError, match="expected a tensor"):
+        snnlite.convert(model, ["not a batch"], progress=False)
+    snn = snnlite.convert(model, [(photo_crops[:4], torch.zeros(4))], progress=False)
+    thresholds = {k: v.clone() for k, v in snn.thresholds.items()}
+    for T in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            snn.simulate(photo_crops[:2], [8, T])
+    with pytest.raises(ValueError, match="delay"):
+        snn.simulate(photo_crops[:2], [8], delay=-1)
+    with pytest.raises(ValueError, match="NaN"):
+        snn.simulate(bad, [8])
+    assert all(torch.equal(thresholds[k], v) for k, v in snn.thresholds.items())
+
+
+def test_progress_false_is_silent(resnet18_photos, photo_crops, capfd) -> None:
+    snn = snnlite.convert(resnet18_photos, [photo_crops[:4]], progress=False)
+    snn.simulate(photo_crops[:2], [4])
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    snn.simulate(photo_crops[:2], [4], progress=True)
+    assert "simulate" in capfd.readouterr().err
