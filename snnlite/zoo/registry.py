@@ -85,8 +85,8 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         dataset="Fashion-MNIST",
         builder=FashionVGG,
         file="fmnist_vgg.pth",
-        sha256="TODO",
-        metrics={"accuracy": 0.0},
+        sha256="9dd086e304f69803cf3cdc13eba7db93514d70ae1b60787be1684e9bbdc58112",
+        metrics={"accuracy": 0.9310},  # full 10 000-image test set
         params=288042,
         input_shape=(1, 28, 28),
         classes=FASHION_MNIST_CLASSES,
@@ -94,7 +94,7 @@ _ENTRIES: tuple[ZooEntry, ...] = (
             "python -m snnlite.zoo.train_classifier --model fmnist_vgg --epochs 8 --seed 0 "
             "--out snnlite/zoo/weights/fmnist_vgg.pth"
         ),
-        train_cpu_minutes=None,
+        train_cpu_minutes=15.9,  # one thread, shared 2-core machine
         description="VGG-style conv3x3-BN-ReLU net, 32-32-pool-64-64-pool-128-pool + MLP head.",
     ),
     ZooEntry(
