@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models import MobileNet_V2_Weights
+from torchvision.models.resnet import BasicBlock
 
 from snnlite import zoo
 from snnlite.zoo.registry import TASKS
@@ -201,3 +203,31 @@ def test_training_is_seeded_and_deterministic(tmp_path: Path) -> None:
     assert runs[0]["params"] == zoo.info("fmnist_resnet")["params"]
     assert torch.get_num_threads() == threads  # global settings restored
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_vgg_uses_standard_layers_with_pools_after_relus() -> None:
+    allowed = (nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d,
+               nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Dropout)
+    model = zoo.build("fmnist_vgg")
+    assert all(isinstance(m, allowed) for m in model.modules() if m is not model)
+    features = list(model.features)
+    for i, m in enumerate(features):
+        if isinstance(m, nn.MaxPool2d):
+            assert isinstance(features[i - 1], nn.ReLU)
+
+
+def test_resnet_blocks_call_their_shared_relu_twice() -> None:
+    """The point of fmnist_resnet: torchvision BasicBlocks reuse one ReLU module."""
+    model = zoo.build("fmnist_resnet").eval()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 3
+    calls = {id(b.relu): 0 for b in blocks}
+
+    def count(module: nn.Module, inputs, output) -> None:
+        calls[id(module)] += 1
+
+    for b in blocks:
+        b.relu.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    assert list(calls.values()) == [2, 2, 2]
