@@ -112,7 +112,7 @@ class SpikingNetwork(nn.Module):
         *,
         max_pool: MaxPoolMode = "gated",
         delay_estimate: float | None = None,
-        memory_budget: int = 2**30,
+        work_bytes: int = 8 * 2**20,
         progress: bool = True,
     ) -> None:
         super().__init__()
@@ -121,7 +121,7 @@ class SpikingNetwork(nn.Module):
         self.ann = ann
         self.max_pool = max_pool
         self.delay_estimate = delay_estimate
-        self.memory_budget = memory_budget
+        self.work_bytes = work_bytes
         self.progress = progress
 
     # --- the ANN side ------------------------------------------------------------------
@@ -189,6 +189,7 @@ class SpikingNetwork(nn.Module):
         delay: Delay | float = "auto",
         *,
         chunk_size: int | None = None,
+        batch_size: int | None = None,
         channels_last: bool = False,
         progress: bool | None = None,
         record_spikes: bool = False,
@@ -201,10 +202,13 @@ class SpikingNetwork(nn.Module):
             delay: steps skipped before the readout window: an int, ``"auto"`` (the estimate
                 made at conversion, :meth:`estimate_delay`) or ``"half"`` (T/2). See
                 :func:`readout_start` for the rule.
-            chunk_size: time steps folded into one batched call; by default as many as fit in
-                ``memory_budget`` bytes of activations (memory is flat in T).
-            channels_last: run 4-D activations in channels-last memory format (often faster
-                on CPU).
+            chunk_size: time steps folded into one batched call of every layer.
+            batch_size: samples simulated together (samples are independent, so a large
+                batch is split into tiles simulated one after the other).
+                By default both are chosen so that one layer call touches about
+                ``work_bytes`` of activations: a working set that stays in the CPU's caches
+                and allocator, and memory that does not grow with T.
+            channels_last: run 4-D activations in channels-last memory format.
             progress: show a progress bar (defaults to the setting given at conversion).
             record_spikes: keep per-step spike counts of every neuron (``spike_counts``).
 
@@ -215,28 +219,58 @@ class SpikingNetwork(nn.Module):
         steps_wanted = _check_timesteps(timesteps)
         if not torch.is_tensor(x):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError("x must be a non-empty batch (N, ...)")
         if not torch.isfinite(x).all():
             raise ValueError("the input x contains NaN or inf")
+        for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         self._check_thresholds()
         starts = {T: readout_start(T, self._delay_steps(T, delay)) for T in steps_wanted}
         total = max(steps_wanted)
-        batch = x.shape[0]
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
 
         runner = _Runner(self.ann, self.max_pool, channels_last, record_spikes)
-        static = runner.run_static(x)
-        chunk = chunk_size or self._auto_chunk(runner, static, batch, total)
-        if chunk <= 0:
-            raise ValueError(f"chunk_size must be positive, got {chunk}")
+        if chunk_size is None or batch_size is None:
+            per_sample = runner.largest_activation_bytes(x[:1])
+            work = max(1, self.work_bytes // per_sample)  # samples x steps per layer call
+            batch_size = batch_size or int(min(x.shape[0], work))
+            chunk_size = chunk_size or int(max(1, min(total, work // batch_size)))
 
-        checkpoints = sorted({0, *starts.values(), *steps_wanted})
+        tiles = list(torch.split(x, batch_size))
+        show = self.progress if progress is None else progress
+        bar = tqdm(total=total * len(tiles), desc="simulate", unit="step", disable=not show,
+                   leave=False)  # fmt: skip
+        parts = []
+        counts: dict[str, Tensor] = {}
+        for tile in tiles:
+            parts.append(self._simulate_tile(runner, tile, starts, total, chunk_size, bar))
+            if record_spikes:
+                for name, per_step in runner.spike_counts().items():
+                    counts[name] = counts.get(name, 0) + per_step
+        bar.close()
+        self.spike_counts = counts
+        return {T: _concatenate([part[T] for part in parts]) for T in steps_wanted}
+
+    def _simulate_tile(
+        self,
+        runner: _Runner,
+        x: Tensor,
+        starts: dict[int, int],
+        total: int,
+        chunk: int,
+        bar: tqdm,
+    ) -> dict[int, Any]:
+        """Simulate one batch tile and read out every T from prefix sums at the checkpoints."""
+        batch = x.shape[0]
+        static = runner.run_static(x)
+        checkpoints = sorted({0, *starts.values(), *starts})
         prefix: dict[int, list[Tensor]] = {}
         running: list[Tensor] | None = None
         dtypes: list[torch.dtype] = []
         spec = None
-        show = self.progress if progress is None else progress
-        bar = tqdm(total=total, desc="simulate", unit="step", disable=not show, leave=False)
         done = 0
         while done < total:
             steps = min(chunk, total - done)
@@ -254,12 +288,8 @@ class SpikingNetwork(nn.Module):
             running = [c[-1] for c in cumulative]
             done += steps
             bar.update(steps)
-        bar.close()
-        self.spike_counts = runner.spike_counts() if record_spikes else {}
-
         results = {}
-        for T in steps_wanted:
-            d = starts[T]
+        for T, d in starts.items():
             means = [((end - begin) / (T - d)).to(dtype)
                      for end, begin, dtype in zip(prefix[T], prefix[d], dtypes)]  # fmt: skip
             results[T] = tree_unflatten(means, spec)
@@ -281,14 +311,6 @@ class SpikingNetwork(nn.Module):
             if not torch.isfinite(theta).all():
                 raise ValueError(f"threshold of site {name!r} is not finite: calibrate first")
 
-    def _auto_chunk(self, runner: _Runner, static: dict, batch: int, total: int) -> int:
-        """Steps per chunk so one chunk's activations stay within ``memory_budget`` bytes."""
-        probe = runner.run_chunk(static, 1, batch, measure=True)
-        del probe
-        per_step = max(runner.bytes_per_step, 1)
-        runner.reset()
-        return int(max(1, min(total, self.memory_budget // per_step)))
-
 
 def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
     values = [timesteps] if isinstance(timesteps, int) else list(timesteps)
@@ -298,6 +320,15 @@ def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
         if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
             raise ValueError(f"every time step count T must be a positive integer, got {T!r}")
     return sorted(set(values))
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    """Join the readouts of batch tiles along the batch dim, leaf by leaf."""
+    if len(parts) == 1:
+        return parts[0]
+    flat = [tree_flatten(part) for part in parts]
+    leaves = [torch.cat(group) for group in zip(*(leaves for leaves, _ in flat))]
+    return tree_unflatten(leaves, flat[0][1])
 
 
 def _per_step(leaf: Any, steps: int, batch: int) -> Tensor:
@@ -325,7 +356,6 @@ class _Runner:
         self.dynamic = self._time_varying()
         self.last_use = self._last_uses()
         self.channels_last = channels_last
-        self.bytes_per_step = 0
 
     def _temporal_twin(self, node: fx.Node, max_pool: MaxPoolMode) -> nn.Module | None:
         if node.meta.get(ANALOG) and node.op in ("call_module", "call_function", "call_method"):
@@ -399,15 +429,20 @@ class _Runner:
                 env[node] = self._call(node, args, kwargs)  # temporal twins act as the ANN here
         return env
 
+    def largest_activation_bytes(self, sample: Tensor) -> int:
+        """Bytes of the largest time-varying activation for one sample and one step."""
+        sizes: list[int] = []
+        self.run_chunk(self.run_static(sample), 1, sample.shape[0], sizes=sizes)
+        self.reset()
+        return max(sizes, default=1)
+
     def run_chunk(
-        self, static: dict[fx.Node, Any], steps: int, batch: int, measure: bool = False
+        self, static: dict[fx.Node, Any], steps: int, batch: int, sizes: list | None = None
     ) -> Any:
         """Values of the output for ``steps`` more time steps, time-folded (steps * N, ...)."""
         env: dict[fx.Node, Any] = {}
-        total_bytes = 0
         for i, node in enumerate(self.nodes):
             if node.op == "output":
-                self.bytes_per_step = total_bytes
                 args, _ = _load(node, env, static, steps)
                 return args[0]
             if node not in self.dynamic:
@@ -428,13 +463,12 @@ class _Runner:
                 else:
                     value = self._call(node, args, kwargs)
             env[node] = value
-            if measure and torch.is_tensor(value):
-                total_bytes += value.numel() * value.element_size()
+            if sizes is not None and torch.is_tensor(value):
+                sizes.append(value.numel() * value.element_size())
             for arg in node.all_input_nodes:  # free what no later node needs
                 if self.last_use.get(arg) == i and arg in env:
                     del env[arg]
         raise RuntimeError("graph has no output node")
-
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     value: Any = gm

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from snnlite import kernels
+
 __all__ = [
     "ActivationSite",
     "IFNeuron",
@@ -73,6 +75,7 @@ def integrate_and_fire(
     membrane: Tensor,
     threshold: Tensor,
     steps: int | None = None,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Run the IF neuron over a chunk of time steps.
 
@@ -81,19 +84,40 @@ def integrate_and_fire(
             time (the first layer under direct coding), shape (N, ...) together with ``steps``.
         membrane: the membrane potential ``u`` carried over from the previous chunk, (N, ...).
             It is updated in place (it is this module's state, not the caller's data).
-        threshold: broadcastable to (N, ...): a scalar or a (C, 1, ..., 1) view.
+        threshold: broadcastable to one sample: a scalar or a (C, 1, ..., 1) view.
         steps: number of steps; required for a constant current.
+        backend: ``"torch"`` (a loop of torch ops, any device), ``"fused"`` (the numba CPU
+            kernel of :mod:`snnlite.kernels`, same results) or ``"auto"`` (fused if possible).
 
     Returns:
         spikes of shape (steps, N, ...), theta-valued, and the updated membrane.
 
     Only the membrane update is sequential; everything around it (the convolutions that make
-    the currents) runs over the whole chunk at once, which is where the speed comes from.
+    the currents) runs over the whole chunk at once.
     """
     constant = steps is not None and currents.dim() == membrane.dim()
     if not constant:
         steps = currents.shape[0]
     assert steps is not None
+    if backend not in ("auto", "torch", "fused"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
+    fusable = (
+        kernels.available(membrane)
+        and currents.dtype == membrane.dtype
+        and threshold.dim() < membrane.dim()  # one threshold map per sample, not per batch
+    )
+    if backend != "torch" and fusable:
+        spikes = kernels.integrate_and_fire_cpu(currents, membrane, threshold, steps, constant)
+        return spikes, membrane
+    if backend == "fused":
+        raise RuntimeError("the fused IF kernel needs numba and CPU float tensors")
+    return integrate_and_fire_torch(currents, membrane, threshold, steps, constant)
+
+
+def integrate_and_fire_torch(
+    currents: Tensor, membrane: Tensor, threshold: Tensor, steps: int, constant: bool
+) -> tuple[Tensor, Tensor]:
+    """The IF chunk as plain torch ops, one step at a time (the reference; runs anywhere)."""
     # Silent neurons (theta = 0) get an infinite firing level so they never fire.
     fire_level = torch.where(threshold > 0, threshold, torch.full_like(threshold, math.inf))
     spikes = _empty_like_over_time(membrane, steps)

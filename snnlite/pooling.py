@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from snnlite import kernels
+
 __all__ = ["GatedMaxPool", "pool_with_indices"]
 
 _MAX_POOLS = {
@@ -71,8 +73,12 @@ class GatedMaxPool(nn.Module):
     def reset(self) -> None:
         self.running_sum = None
 
-    def forward(self, x: Tensor, steps: int) -> Tensor:
+    def forward(self, x: Tensor, steps: int, backend: str = "auto") -> Tensor:
         batch = x.shape[0] // steps
+        if backend != "torch" and kernels.gated_pool_supported(self.pool, x):
+            if self.running_sum is None:
+                self.running_sum = x.new_zeros((batch, *x.shape[1:]))
+            return kernels.gated_max_pool_cpu(self.pool, x, self.running_sum, steps)
         per_step = x.reshape(steps, batch, *x.shape[1:])
         if self.running_sum is not None:
             # Sum in the same order as a step-by-step run (running sum first), so equal sums

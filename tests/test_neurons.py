@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snnlite import kernels
 from snnlite.neurons import IFNeuron, integrate_and_fire, rate, relux
 from snnlite.pooling import GatedMaxPool
 
@@ -35,7 +37,7 @@ def test_spikes_are_theta_valued_and_at_most_one_per_step() -> None:
 
 def test_reset_by_subtraction_keeps_charge() -> None:
     """u(T) = u(0) + sum of inputs - sum of spikes: no information is lost at reset."""
-    theta = torch.tensor([0.7, 1.3]).view(2, 1)
+    theta = torch.rand(10) + 0.5  # one threshold per feature of an (N, 10) activation
     currents = torch.randn(64, 2, 10, dtype=torch.float32).abs()
     u0 = (theta / 2).expand(2, 10).clone()
     spikes, u = integrate_and_fire(currents, u0.clone(), theta)
@@ -112,3 +114,42 @@ def test_gated_pool_chunks_equal_one_run() -> None:
     first = pool(x[:7].reshape(14, 3, 6, 6), steps=7)
     second = pool(x[7:].reshape(26, 3, 6, 6), steps=13)
     assert torch.equal(whole, torch.cat([first, second]))
+
+
+# --- the fused CPU kernels compute exactly what the torch reference computes ---------------
+
+kernels_available = pytest.mark.skipif(
+    not kernels.available(torch.zeros(1)), reason="numba not installed"
+)
+
+
+@kernels_available
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_neuron_kernel_is_bit_identical(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    theta = torch.cat([torch.zeros(1), torch.rand(3) + 0.3]).view(4, 1, 1)  # one silent
+    currents = torch.randn(9, 3, 4, 5, 6)
+    membrane = (theta / 2).expand(3, 4, 5, 6).clone()
+    if channels_last:
+        currents = currents.reshape(27, 4, 5, 6).contiguous(memory_format=torch.channels_last)
+        currents = currents.view(9, 3, 4, 5, 6)
+        membrane = membrane.contiguous(memory_format=torch.channels_last)
+    for constant in (False, True):
+        source = currents[0] if constant else currents
+        steps = 9 if constant else None
+        a, ua = integrate_and_fire(source, membrane.clone(), theta, steps, backend="torch")
+        b, ub = integrate_and_fire(source, membrane.clone(), theta, steps, backend="fused")
+        assert torch.equal(a, b) and torch.equal(ua, ub)
+
+
+@kernels_available
+@pytest.mark.parametrize(
+    "pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), nn.MaxPool2d((2, 3), (1, 2), dilation=1)]
+)
+def test_fused_gated_pool_kernel_is_bit_identical(pool: nn.MaxPool2d) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(20, 2, 3, 9, 11).round()  # 0/1 inputs: many ties to break identically
+    fused, reference = GatedMaxPool(pool), GatedMaxPool(pool)
+    for a, b in ((0, 7), (7, 20)):
+        chunk = x[a:b].reshape(-1, 3, 9, 11)
+        assert torch.equal(fused(chunk, b - a), reference(chunk, b - a, backend="torch"))

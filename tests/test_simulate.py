@@ -47,12 +47,14 @@ def test_one_run_equals_separate_runs(resnet_snn, photo_crops, delay) -> None:
         assert torch.allclose(curve[T], alone, rtol=1e-5, atol=1e-6), T
 
 
-def test_chunk_size_does_not_change_the_result(resnet_snn, photo_crops) -> None:
+def test_chunk_size_and_batch_tiles_do_not_change_the_result(resnet_snn, photo_crops) -> None:
     x = photo_crops[38:40]
     reference = resnet_snn.simulate(x, [12], delay=0, chunk_size=12)[12]
     for chunk in (1, 5):
         out = resnet_snn.simulate(x, [12], delay=0, chunk_size=chunk)[12]
         assert torch.allclose(out, reference, rtol=1e-5, atol=1e-6)
+    tiled = resnet_snn.simulate(x, [12], delay=0, batch_size=1, chunk_size=5)[12]
+    assert torch.allclose(tiled, reference, rtol=1e-5, atol=1e-6)
     channels_last = resnet_snn.simulate(x, [12], delay=0, channels_last=True)[12]
     assert torch.allclose(channels_last, reference, rtol=1e-4, atol=1e-5)
 
@@ -73,7 +75,7 @@ def test_the_first_layer_current_is_computed_once(resnet_snn, photo_crops) -> No
     conv1 = resnet_snn.ann.get_submodule("conv1")
     handle = conv1.register_forward_hook(lambda *_: calls.append(1))
     try:
-        resnet_snn.simulate(photo_crops[:2], [16], chunk_size=4)
+        resnet_snn.simulate(photo_crops[:2], [16], chunk_size=4, batch_size=2)
     finally:
         handle.remove()
     assert len(calls) == 1

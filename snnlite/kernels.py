@@ -1,0 +1,205 @@
+"""A fused CPU kernel for the IF neuron over a chunk of time steps (numba, optional).
+
+Why a kernel: the IF update is sequential in time and elementwise in space. Written as torch
+ops, each step streams the membrane through memory four times (integrate, compare, spike,
+reset), so on a CPU the neuron, not the convolution, sets the pace. This kernel walks a block
+of neurons through all the steps of a chunk with the membrane held in a small local array:
+each current is read once, each spike written once. It computes exactly what
+:func:`snnlite.neurons.integrate_and_fire_torch` computes (tested bit for bit).
+
+numba is optional: without it (or for GPU tensors) the torch path runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:  # pragma: no cover - exercised where numba is installed
+    import numba
+    import numpy as np
+except ImportError:  # pragma: no cover
+    numba = None
+
+__all__ = ["available", "integrate_and_fire_cpu"]
+
+BLOCK = 512  # neurons per block: their membranes stay in L1 across the steps of a chunk
+
+
+def available(tensor: Tensor) -> bool:
+    """Whether the fused kernel can run on this tensor (CPU, float32/float64, numba present)."""
+    return (
+        numba is not None
+        and tensor.device.type == "cpu"
+        and tensor.dtype in (torch.float32, torch.float64)
+    )
+
+
+if numba is not None:
+
+    @numba.njit(cache=True, nogil=True)
+    def _if_chunk(currents, constant, membrane, theta, period, spikes):  # pragma: no cover
+        """currents: (steps, M) or (1, M) if constant; membrane: (M,); theta: (period,) for
+        element i is theta[i % period]; spikes: (steps, M) output. Updates membrane."""
+        steps, size = spikes.shape
+        blocks = (size + BLOCK - 1) // BLOCK
+        for b in range(blocks):
+            start = b * BLOCK
+            stop = min(start + BLOCK, size)
+            n = stop - start
+            u = np.empty(n, dtype=membrane.dtype)
+            level = np.empty(n, dtype=membrane.dtype)  # where the neuron fires (inf: silent)
+            value = np.empty(n, dtype=membrane.dtype)  # what a spike is worth (theta)
+            offset = start % period
+            for k in range(n):
+                u[k] = membrane[start + k]
+                theta_k = theta[(offset + k) % period]
+                value[k] = theta_k
+                level[k] = theta_k if theta_k > 0 else np.inf
+            for t in range(steps):
+                row = 0 if constant else t
+                for k in range(n):  # branch-free, so it vectorises
+                    v = u[k] + currents[row, start + k]
+                    s = value[k] if v >= level[k] else 0
+                    spikes[t, start + k] = s
+                    u[k] = v - s
+            for k in range(n):
+                membrane[start + k] = u[k]
+
+
+    @numba.njit(cache=True, nogil=True)
+    def _gated_pool_chunk(x, sums, windows, out):  # pragma: no cover
+        """x: (steps, P, HW) currents of P planes; sums: (P, HW) running input sums, updated;
+        windows: (OUT, K) flat input index of each window position (-1: padding);
+        out: (steps, P, OUT). Each window passes the current of its largest-sum position
+        (the first one in row-major order on ties, as torch's max_pool2d picks)."""
+        steps, planes, size = x.shape
+        outputs, taps = windows.shape
+        for p in range(planes):
+            s = sums[p].copy()  # one plane's running sums: stays in L1 across the steps
+            for t in range(steps):
+                for i in range(size):
+                    s[i] += x[t, p, i]
+                for o in range(outputs):
+                    winner = -1
+                    for k in range(taps):
+                        j = windows[o, k]
+                        if j >= 0 and (winner < 0 or s[j] > s[winner]):
+                            winner = j
+                    out[t, p, o] = x[t, p, winner]
+            sums[p] = s
+
+
+def _flat_in_memory_order(x: Tensor) -> Tensor:
+    """A 1-D view of ``x``'s storage order (contiguous or channels-last 4-D)."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)  # a view: NHWC is the storage order
+    raise ValueError("expected a contiguous or channels-last tensor")
+
+
+def integrate_and_fire_cpu(
+    currents: Tensor, membrane: Tensor, threshold: Tensor, steps: int, constant: bool
+) -> Tensor:
+    """Fused IF chunk. Same contract as :func:`snnlite.neurons.integrate_and_fire`.
+
+    ``currents`` is (steps, N, ...) or, if ``constant``, (N, ...); ``membrane`` (N, ...) is
+    updated in place; ``threshold`` broadcasts to one sample (a scalar or (C, 1, ..., 1)).
+    Returns spikes (steps, N, ...) in the membrane's memory format.
+    """
+    from snnlite.neurons import _empty_like_over_time
+
+    sample = membrane[:1]
+    per_sample = torch.broadcast_to(threshold.to(membrane.dtype), sample.shape)
+    per_sample = per_sample.contiguous(memory_format=_format_of(membrane))
+    theta = _flat_in_memory_order(per_sample).numpy()
+
+    spikes = _empty_like_over_time(membrane, steps)
+    layout = _format_of(membrane)
+    if constant:
+        flat_currents = _flat_in_memory_order(currents.contiguous(memory_format=layout))
+        flat_currents = flat_currents.view(1, -1)
+    else:
+        flat_currents = _flat_over_time(currents, membrane)
+    _if_chunk(
+        flat_currents.numpy(),
+        constant,
+        _flat_in_memory_order(membrane).numpy(),
+        theta,
+        theta.shape[0],
+        _flat_over_time(spikes, membrane).numpy(),
+    )
+    return spikes
+
+
+def _format_of(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _flat_over_time(x: Tensor, like: Tensor) -> Tensor:
+    """(steps, N, ...) -> (steps, M) in ``like``'s memory order (copies only if needed)."""
+    steps = x.shape[0]
+    if _format_of(like) == torch.channels_last:
+        nhwc = x.permute(0, 1, 3, 4, 2)  # (steps, N, H, W, C)
+        return nhwc.reshape(steps, -1) if nhwc.is_contiguous() else (
+            nhwc.contiguous().reshape(steps, -1)
+        )
+    return x.reshape(steps, -1) if x.is_contiguous() else x.contiguous().reshape(steps, -1)
+
+
+def pool_windows(pool: torch.nn.MaxPool2d, height: int, width: int) -> Tensor:
+    """(OUT, K) int64: the flat input index of every tap of every window, -1 for padding."""
+    index = torch.arange(1, height * width + 1, dtype=torch.float64).view(1, 1, height, width)
+    taps = torch.nn.functional.unfold(
+        index, pool.kernel_size, dilation=pool.dilation, padding=pool.padding,
+        stride=pool.stride,
+    )  # (1, K, OUT), 0 where the window hangs over the padding
+    return (taps[0].T.round().long() - 1).contiguous()
+
+
+def gated_pool_supported(pool: torch.nn.Module, x: Tensor) -> bool:
+    """The fused kernel handles 2-D max pools without ceil mode on contiguous CPU floats."""
+    return (
+        available(x)
+        and isinstance(pool, torch.nn.MaxPool2d)
+        and not pool.ceil_mode
+        and x.dim() == 4
+        and x.is_contiguous()
+    )
+
+
+def gated_max_pool_cpu(
+    pool: torch.nn.MaxPool2d, x: Tensor, running_sum: Tensor, steps: int
+) -> Tensor:
+    """Fused gated max pool over a chunk: x (steps * N, C, H, W) -> (steps * N, C, h, w).
+
+    ``running_sum`` (N, C, H, W), contiguous, is updated in place.
+    """
+    n, c, h, w = running_sum.shape
+    windows = pool_windows(pool, h, w)
+    out_h, out_w = _pooled_size(pool, h, w)
+    out = x.new_empty((steps, n * c, out_h * out_w))
+    _gated_pool_chunk(
+        x.view(steps, n * c, h * w).numpy(),
+        running_sum.view(n * c, h * w).numpy(),
+        windows.numpy(),
+        out.numpy(),
+    )
+    return out.view(steps * n, c, out_h, out_w)
+
+
+def _pooled_size(pool: torch.nn.MaxPool2d, height: int, width: int) -> tuple[int, int]:
+    def pair(v):
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    (kh, kw), (sh, sw) = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
+    (ph, pw), (dh, dw) = pair(pool.padding), pair(pool.dilation)
+    return (
+        (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+        (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
+    )
