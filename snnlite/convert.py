@@ -23,6 +23,7 @@ from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 __all__ = ["calibrate", "convert"]
 
 METHODS = ("ltb", "max", "robust")
+LTB_UPDATES = 600  # default LTB iteration count: about the 99.9th percentile (1 / 2K)
 
 
 def convert(
@@ -49,9 +50,12 @@ def convert(
             percentile norm.
         granularity: ``"layer"`` (one threshold per site) or ``"channel"`` (per conv channel
             or linear feature).
-        iterations: LTB updates (one per batch); cycles over ``calibration`` if it is
-            shorter and can be iterated again. ``None``: one pass. The count is a hidden
-            percentile knob: after K updates about 1/(2K) of activations exceed theta.
+        iterations: calibration batches to run (one LTB update each); cycles over
+            ``calibration`` if it is shorter and can be iterated again, stops early if it is
+            longer. Default: ``LTB_UPDATES`` (600) for LTB, one pass for max/robust. For LTB
+            the count is a hidden percentile knob: after K updates about 1/(2K) of the
+            activations exceed theta, so a handful of batches gives thresholds that clip far
+            too much, and reusing them gives the same thresholds as fresh data would.
         step_size: the LTB step ``c`` (1 in the paper; a large one overshoots).
         percentile: for ``"robust"``.
         max_pool: max pools on time-varying inputs: ``"gated"`` (by accumulated input; exact
@@ -71,6 +75,8 @@ def convert(
     if max_pool not in ("gated", "current"):
         raise ValueError(f"max_pool must be 'gated' or 'current', got {max_pool!r}")
 
+    if iterations is None and method == "ltb":
+        iterations = LTB_UPDATES
     ann = prepare(model, keep_analog=keep_analog)
     sites = activation_sites(ann)
     if not sites:

@@ -42,3 +42,33 @@ def resnet18_photos(photo_crops: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10)
     return with_data_statistics(model, photo_crops)
+
+
+@pytest.fixture(scope="session")
+def fashion() -> dict[str, torch.Tensor]:
+    """Real Fashion-MNIST: 2000 training images for calibration, 500 test images + labels."""
+    from snnlite.data import fashion_mnist_tensors
+
+    train, _ = fashion_mnist_tensors("train")
+    test, labels = fashion_mnist_tensors("test")
+    return {"train": train[:2000], "test": test[:500], "labels": labels[:500]}
+
+
+def _zoo_snn(name: str, fashion: dict, **options):
+    import snnlite
+    from snnlite import zoo
+
+    calibration = list(fashion["train"][:200].split(20))  # cycled to the default 600 updates
+    return snnlite.convert(zoo.load(name), calibration, progress=False, **options)
+
+
+@pytest.fixture(scope="session")
+def resnet_zoo_snn(fashion):
+    """The zoo's trained Fashion-MNIST ResNet (torchvision BasicBlocks), converted with LTB."""
+    return _zoo_snn("fmnist_resnet", fashion)
+
+
+@pytest.fixture(scope="session", params=["gated", "current"])
+def vgg_zoo_snn(request, fashion):
+    """The zoo's trained VGG-style net (max pools after spiking layers), both pool forms."""
+    return request.param, _zoo_snn("fmnist_vgg", fashion, max_pool=request.param)

@@ -155,7 +155,7 @@ def test_frozen_batchnorm_folds() -> None:
 
 def test_original_model_is_never_modified(resnet18_photos, photo_crops) -> None:
     before = {k: v.clone() for k, v in resnet18_photos.state_dict().items()}
-    snnlite.convert(resnet18_photos, [photo_crops[:8]], progress=False)
+    snnlite.convert(resnet18_photos, [photo_crops[:8]], iterations=2, progress=False)
     after = resnet18_photos.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)

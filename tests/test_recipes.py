@@ -71,7 +71,7 @@ def test_silent_channels_keep_zero_and_cause_no_nan(resnet18_photos, photo_crops
     model = copy.deepcopy(model)
     with torch.no_grad():
         model.layer2[0].bn1.bias[:5] = -1e4  # these channels are always negative
-    snn = snnlite.convert(model, [photo_crops[:16]], progress=False)
+    snn = snnlite.convert(model, [photo_crops[:16]], iterations=4, progress=False)
     theta = snn.thresholds["layer2_0_relu"]
     assert (theta[:5] == 0).all() and (theta[5:] > 0).all()
     assert np.isfinite(snn.delay_estimate) and snn.delay_estimate >= 0
@@ -108,7 +108,7 @@ def test_relu6_threshold_never_exceeds_the_cap() -> None:
 @pytest.mark.parametrize("method", ["ltb", "max", "robust"])
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
 def test_every_method_and_granularity_converts(method, granularity, resnet18_photos, photo_crops):
-    snn = snnlite.convert(resnet18_photos, [photo_crops[:16]], method=method,
+    snn = snnlite.convert(resnet18_photos, [photo_crops[:16]], method=method, iterations=4,
                           granularity=granularity, progress=False)  # fmt: skip
     assert len(snn.thresholds) == 17
     for name, theta in snn.thresholds.items():
@@ -119,3 +119,27 @@ def test_every_method_and_granularity_converts(method, granularity, resnet18_pho
             prepared = snnlite.prepare(resnet18_photos)
             assert torch.allclose(snn.relux()(photo_crops[:16]), prepared(photo_crops[:16]),
                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_ltb_default_reuses_few_batches_up_to_600_updates() -> None:
+    """Reusing one batch 600 times gives the thresholds 600 updates give (not 1 update's)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    batch = torch.randn(8192, 8)
+    default = snnlite.convert(model, [batch], progress=False)
+    explicit = snnlite.convert(model, [batch], iterations=600, progress=False)
+    single = snnlite.convert(model, [batch], iterations=1, progress=False)
+    theta = next(iter(default.thresholds.values()))
+    assert torch.equal(theta, next(iter(explicit.thresholds.values())))
+    assert (theta >= next(iter(single.thresholds.values()))).all()
+    with torch.no_grad():  # about 1 / (2 * 600) of the calibration activations exceed theta
+        z = model[0](batch)
+    exceed = (z > theta).float().mean().item()
+    assert 1 / 4800 < exceed < 4 / 1200
+
+
+def test_one_shot_calibration_iterator_warns_when_too_short() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    batches = (torch.randn(16, 4) for _ in range(3))
+    with pytest.warns(UserWarning, match="one-shot iterator"):
+        snnlite.convert(model, batches, progress=False)

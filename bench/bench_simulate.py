@@ -1,0 +1,216 @@
+"""Simulation speed, calibration cost and memory of snnlite, measured in ONE run.
+
+On the same converted VGG-style Fashion-MNIST network and the same input batch it prints
+image-steps per second for
+
+  (a) ``snnlite`` ``simulate`` (plain, and in channels-last memory format),
+  (b) the dense bound: T plain forward passes of the ANN on the batch (and the same work as
+      one batched call in channels-last),
+  (c) a naive step-by-step loop over the same network (a straightforward implementation),
+  (d) SpikingJelly 2.0's converted model (``LocalThresholdBalancingRecipe``), if installed,
+
+then calibration time over plain ANN inference time on the same batches, and the peak memory
+of a simulation at T = 64 against T = 1024 (each in a fresh process). Speed targets are
+ratios within this one run, so the machine's speed and load cancel out as far as possible.
+
+    python bench/bench_simulate.py                # batch 500, T = 64 (the reference setting)
+    python bench/bench_simulate.py --batch 100 --timesteps 32 --repeats 1   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import snnlite
+from snnlite.data import fashion_mnist_tensors
+from snnlite.graph import SITES
+
+
+def best_time(run: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` runs after one warm-up (the least disturbed run)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def load_network() -> tuple[nn.Module, str]:
+    from snnlite import zoo
+
+    try:
+        return zoo.load("fmnist_vgg"), "zoo fmnist_vgg (trained)"
+    except Exception as error:  # weights not there yet: same architecture, BN from data
+        warnings.warn(f"zoo weights unavailable ({error}); using an untrained FashionVGG",
+                      stacklevel=2)  # fmt: skip
+        return zoo.build("fmnist_vgg").eval(), "FashionVGG (untrained)"
+
+
+class NaiveIF(nn.Module):
+    """One IF step per call: the straightforward way to simulate, for comparison."""
+
+    def __init__(self, threshold: torch.Tensor) -> None:
+        super().__init__()
+        self.theta, self.u = threshold, None
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        theta = self.theta.view(-1, *([1] * (z.dim() - 2))) if self.theta.dim() else self.theta
+        if self.u is None:
+            self.u = (theta / 2).expand_as(z).clone()
+        self.u = self.u + z
+        spikes = (self.u >= theta).to(z.dtype) * theta
+        self.u = self.u - spikes
+        return spikes
+
+
+def naive_loop(snn: snnlite.SpikingNetwork, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Every step: the whole network, the first layer included, one step at a time."""
+    net = snn.relux()
+    sites = net.get_submodule(SITES)
+    for name, site in list(sites.named_children()):
+        setattr(sites, name, NaiveIF(site.threshold))
+    total = 0
+    with torch.no_grad():
+        for _ in range(steps):
+            total = total + net(x)
+    return total / steps
+
+
+def spikingjelly_runner(model: nn.Module, calibration: list[torch.Tensor]):
+    """SpikingJelly 2.0's LTB conversion, and a function that simulates T steps with it."""
+    try:
+        from spikingjelly.activation_based import ann2snn, functional
+    except ImportError:
+        return None
+    recipe = ann2snn.LocalThresholdBalancingRecipe(dataloader=[(b, None) for b in calibration])
+    net = ann2snn.FXConverter(recipe=recipe, device="cpu").convert(copy.deepcopy(model)).eval()
+
+    def run(x: torch.Tensor, steps: int) -> torch.Tensor:
+        functional.reset_net(net)
+        total = 0
+        with torch.no_grad():
+            for _ in range(steps):
+                total = total + net(x)
+        return total / steps
+
+    return run
+
+
+def peak_memory_mb(timesteps: int, batch: int) -> float:
+    """Peak resident memory added by one simulation, measured in a fresh process."""
+    code = (
+        "import resource, torch, snnlite;"
+        "from snnlite.data import fashion_mnist_tensors;"
+        "from bench.bench_simulate import load_network;"
+        "m, _ = load_network(); x, _ = fashion_mnist_tensors('test');"
+        f"snn = snnlite.convert(m, [x[:500]], progress=False); x = x[:{batch}];"
+        "snn.simulate(x, [2], progress=False);"  # warm up allocator and kernels
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        f"snn.simulate(x, [{timesteps}], progress=False);"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--timesteps", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--calibration-batches", type=int, default=60)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    model, description = load_network()
+    images, _ = fashion_mnist_tensors("test")
+    train, _ = fashion_mnist_tensors("train")
+    x = images[: args.batch]
+    calibration = [train[i * 100 : (i + 1) * 100] for i in range(args.calibration_batches)]
+    steps, work = args.timesteps, args.batch * args.timesteps
+    print(f"network: {description}; batch {args.batch}, T = {steps}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+
+    # Calibration cost against plain inference on the same batches.
+    def infer() -> None:
+        with torch.no_grad():
+            for batch in calibration:
+                model(batch)
+
+    inference_time = best_time(infer, args.repeats)
+    start = time.perf_counter()
+    snn = snnlite.convert(model, calibration, progress=False)
+    calibration_time = time.perf_counter() - start
+
+    results: dict[str, float] = {}
+
+    def measure(name: str, run: Callable[[], object]) -> None:
+        results[name] = work / best_time(run, args.repeats)
+        print(f"  {name:<44s} {results[name]:>9.0f} image-steps/s")
+
+    def dense() -> None:
+        with torch.no_grad():
+            for _ in range(steps):
+                model(x)
+
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_folded = x.repeat(steps, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+
+    def dense_batched() -> None:
+        with torch.no_grad():
+            model_cl(x_folded)
+
+    print("speed (higher is better):")
+    measure("(a) snnlite simulate", lambda: snn.simulate(x, [steps], progress=False))
+    measure("(a') snnlite simulate, channels_last",
+            lambda: snn.simulate(x, [steps], channels_last=True, progress=False))  # fmt: skip
+    measure("(b) dense bound: T ANN forwards", dense)
+    measure("(b') dense, one batched channels_last call", dense_batched)
+    measure("(c) naive step-by-step loop", lambda: naive_loop(snn, x, steps))
+    sj = spikingjelly_runner(model, calibration)
+    if sj is not None:
+        measure("(d) SpikingJelly 2.0 LTB model", lambda: sj(x, steps))
+    else:
+        print("  (d) SpikingJelly not installed: skipped")
+
+    best = max(results["(a) snnlite simulate"], results["(a') snnlite simulate, channels_last"])
+    print("ratios:")
+    print(f"  snnlite / dense bound        {best / results['(b) dense bound: T ANN forwards']:.2f}x"
+          "  (target >= 1.0)")  # fmt: skip
+    print(f"  snnlite / naive loop         {best / results['(c) naive step-by-step loop']:.2f}x")
+    if sj is not None:
+        versus_sj = best / results["(d) SpikingJelly 2.0 LTB model"]
+        print(f"  snnlite / SpikingJelly       {versus_sj:.2f}x  (target >= 1.3)")
+    ratio = calibration_time / inference_time
+    print(f"  calibration / ANN inference  {ratio:.2f}x  (target <= 1.2; "
+          f"{calibration_time:.2f} s vs {inference_time:.2f} s, includes tracing and the "
+          "delay estimate)")  # fmt: skip
+    results["calibration_over_inference"] = ratio
+
+    if not args.skip_memory:
+        short, long = peak_memory_mb(64, args.batch), peak_memory_mb(1024, args.batch)
+        print(f"peak memory added by simulate: T=64 {short:.0f} MB, T=1024 {long:.0f} MB "
+              f"(ratio {long / max(short, 1e-9):.2f}, flat is 1.0)")  # fmt: skip
+        results.update(memory_T64_mb=short, memory_T1024_mb=long)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
