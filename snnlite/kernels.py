@@ -4,7 +4,8 @@ Why a kernel: the IF update is sequential in time and elementwise in space. Writ
 ops, each step streams the membrane through memory four times (integrate, compare, spike,
 reset), so on a CPU the neuron, not the convolution, sets the pace. This kernel walks a block
 of neurons through all the steps of a chunk with the membrane held in a small local array:
-each current is read once, each spike written once. It computes exactly what
+each current is read once, each spike written once; blocks run in parallel on as many threads
+as torch uses. It computes exactly what
 :func:`snnlite.neurons.integrate_and_fire_torch` computes (tested bit for bit).
 
 numba is optional: without it (or for GPU tensors) the torch path runs.
@@ -37,13 +38,13 @@ def available(tensor: Tensor) -> bool:
 
 if numba is not None:
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(cache=True, nogil=True, parallel=True)
     def _if_chunk(currents, constant, membrane, theta, period, spikes):  # pragma: no cover
         """currents: (steps, M) or (1, M) if constant; membrane: (M,); theta: (period,) for
         element i is theta[i % period]; spikes: (steps, M) output. Updates membrane."""
         steps, size = spikes.shape
         blocks = (size + BLOCK - 1) // BLOCK
-        for b in range(blocks):
+        for b in numba.prange(blocks):
             start = b * BLOCK
             stop = min(start + BLOCK, size)
             n = stop - start
@@ -67,7 +68,7 @@ if numba is not None:
                 membrane[start + k] = u[k]
 
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(cache=True, nogil=True, parallel=True)
     def _gated_pool_chunk(x, sums, windows, out):  # pragma: no cover
         """x: (steps, P, HW) currents of P planes; sums: (P, HW) running input sums, updated;
         windows: (OUT, K) flat input index of each window position (-1: padding);
@@ -75,7 +76,7 @@ if numba is not None:
         (the first one in row-major order on ties, as torch's max_pool2d picks)."""
         steps, planes, size = x.shape
         outputs, taps = windows.shape
-        for p in range(planes):
+        for p in numba.prange(planes):
             s = sums[p].copy()  # one plane's running sums: stays in L1 across the steps
             for t in range(steps):
                 for i in range(size):
@@ -88,6 +89,13 @@ if numba is not None:
                             winner = j
                     out[t, p, o] = x[t, p, winner]
             sums[p] = s
+
+
+def _match_torch_threads() -> None:
+    """Use as many numba threads as torch does: a user who limits torch limits the kernels."""
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
 
 
 def _flat_in_memory_order(x: Tensor) -> Tensor:
@@ -115,6 +123,7 @@ def integrate_and_fire_cpu(
     per_sample = per_sample.contiguous(memory_format=_format_of(membrane))
     theta = _flat_in_memory_order(per_sample).numpy()
 
+    _match_torch_threads()
     spikes = _empty_like_over_time(membrane, steps)
     layout = _format_of(membrane)
     if constant:
@@ -180,6 +189,7 @@ def gated_max_pool_cpu(
 
     ``running_sum`` (N, C, H, W), contiguous, is updated in place.
     """
+    _match_torch_threads()
     n, c, h, w = running_sum.shape
     windows = pool_windows(pool, h, w)
     out_h, out_w = _pooled_size(pool, h, w)

@@ -112,7 +112,7 @@ class SpikingNetwork(nn.Module):
         *,
         max_pool: MaxPoolMode = "gated",
         delay_estimate: float | None = None,
-        work_bytes: int = 8 * 2**20,
+        work_bytes: int = 16 * 2**20,
         progress: bool = True,
     ) -> None:
         super().__init__()

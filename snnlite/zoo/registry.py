@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from snnlite.data import FASHION_MNIST_CLASSES
 from snnlite.zoo.models import FashionResNet, FashionVGG
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # measured SNN accuracy tables
 
 TASKS = ("classification", "segmentation", "detection")
 
@@ -185,7 +187,15 @@ def info(name: str) -> dict:
         "classes": list(e.classes),
         "description": e.description,
         "torchvision_weights": e.torchvision_weights,
+        "snn_accuracy": snn_accuracy(name),
     }
+
+
+def snn_accuracy(name: str) -> dict | None:
+    """The stored SNN accuracy table of ``name`` (``python -m snnlite.zoo.snn_table``), if any:
+    test accuracy at T = 8 ... 256 for LTB channel/layer, robust-norm and max-norm."""
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def build(name: str) -> nn.Module:
