@@ -161,3 +161,12 @@ def test_original_model_is_never_modified(resnet18_photos, photo_crops) -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert isinstance(resnet18_photos.relu, nn.ReLU)
     assert isinstance(resnet18_photos.bn1, nn.BatchNorm2d)
+
+
+def test_structures_convert_and_simulate(structure, photo_crops) -> None:
+    """The full path on each torchvision structure: convert, then a few finite spiking steps."""
+    _, model, sites = structure
+    snn = snnlite.convert(model, [photo_crops[:8]], iterations=2, progress=False)
+    assert len(snn.thresholds) == sites
+    out = snn.simulate(photo_crops[8:10], [2, 4], delay="auto")
+    assert out[4].shape == (2, 1000) and torch.isfinite(out[4]).all()

@@ -32,16 +32,20 @@ RECIPES = {  # label: convert() arguments
 }
 
 
-def measure(model_name: str, images: int, calibration_batches: int, batch_size: int) -> dict:
+def measure(
+    model_name: str, images: int, calibration_batches: int, calibration_batch: int,
+    batch_size: int,
+) -> dict:  # fmt: skip
     model = load(model_name)
     x, y = fashion_mnist_tensors("test")
     x, y = x[:images], y[:images]
     train, _ = fashion_mnist_tensors("train")
-    calibration = [train[i * 100 : (i + 1) * 100] for i in range(calibration_batches)]
+    size = calibration_batch
+    calibration = [train[i * size : (i + 1) * size] for i in range(calibration_batches)]
     table = {
         "model": model_name,
         "test_images": len(x),
-        "calibration": f"{calibration_batches} batches of 100 training images "
+        "calibration": f"{calibration_batches} batches of {size} training images "
         f"({calibration_batches} LTB updates)",
         "delay": "auto",
         "timesteps": list(TIMESTEPS),
@@ -68,10 +72,12 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--calibration-batches", type=int, default=600)
+    parser.add_argument("--calibration-batch", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
     torch.manual_seed(0)
-    table = measure(args.model, args.images, args.calibration_batches, args.batch_size)
+    table = measure(args.model, args.images, args.calibration_batches,
+                    args.calibration_batch, args.batch_size)  # fmt: skip
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{args.model}.json"
     path.write_text(json.dumps(table, indent=2) + "\n")
