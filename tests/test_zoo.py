@@ -231,3 +231,18 @@ def test_resnet_blocks_call_their_shared_relu_twice() -> None:
     with torch.no_grad():
         model(torch.zeros(1, 1, 28, 28))
     assert list(calls.values()) == [2, 2, 2]
+
+
+@pytest.mark.parametrize("name", ["fmnist_resnet", "fmnist_vgg"])
+def test_stored_snn_accuracy_tables_are_consistent(name: str) -> None:
+    """The SNN table stored with a zoo entry (python -m snnlite.zoo.snn_table) is complete and
+    says what the conversion promises: LTB channel-wise close to the ANN at T = 64 and
+    accuracy that does not collapse as T grows."""
+    table = zoo.info(name)["snn_accuracy"]
+    if table is None:
+        pytest.skip(f"no stored SNN table for {name} yet")
+    assert set(table["recipes"]) == {"ltb-channel", "ltb-layer", "robust-99.9", "max"}
+    for row in table["recipes"].values():
+        assert set(row["accuracy"]) == {str(T) for T in table["timesteps"]}
+        assert row["accuracy"]["256"] > table["ann_accuracy"] - 0.02
+    assert table["recipes"]["ltb-channel"]["accuracy"]["64"] > table["ann_accuracy"] - 0.02
