@@ -22,7 +22,7 @@ try:  # pragma: no cover - exercised where numba is installed
 except ImportError:  # pragma: no cover
     numba = None
 
-__all__ = ["available", "integrate_and_fire_cpu"]
+__all__ = ["available", "empty_over_time", "integrate_and_fire_cpu"]
 
 BLOCK = 512  # neurons per block: their membranes stay in L1 across the steps of a chunk
 
@@ -98,6 +98,15 @@ def _match_torch_threads() -> None:
         numba.set_num_threads(wanted)
 
 
+def empty_over_time(membrane: Tensor, steps: int) -> Tensor:
+    """Uninitialised (steps, N, ...) tensor whose every step has the membrane's memory format."""
+    if membrane.dim() == 4 and membrane.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = membrane.shape
+        buffer = membrane.new_empty((steps, n, h, w, c))
+        return buffer.permute(0, 1, 4, 2, 3)  # (steps, N, C, H, W), channels last per step
+    return membrane.new_empty((steps, *membrane.shape))
+
+
 def _flat_in_memory_order(x: Tensor) -> Tensor:
     """A 1-D view of ``x``'s storage order (contiguous or channels-last 4-D)."""
     if x.is_contiguous():
@@ -116,15 +125,13 @@ def integrate_and_fire_cpu(
     updated in place; ``threshold`` broadcasts to one sample (a scalar or (C, 1, ..., 1)).
     Returns spikes (steps, N, ...) in the membrane's memory format.
     """
-    from snnlite.neurons import _empty_like_over_time
-
     sample = membrane[:1]
     per_sample = torch.broadcast_to(threshold.to(membrane.dtype), sample.shape)
     per_sample = per_sample.contiguous(memory_format=_format_of(membrane))
     theta = _flat_in_memory_order(per_sample).numpy()
 
     _match_torch_threads()
-    spikes = _empty_like_over_time(membrane, steps)
+    spikes = empty_over_time(membrane, steps)
     layout = _format_of(membrane)
     if constant:
         flat_currents = _flat_in_memory_order(currents.contiguous(memory_format=layout))

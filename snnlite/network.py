@@ -232,7 +232,7 @@ class SpikingNetwork(nn.Module):
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
 
-        runner = _Runner(self.ann, self.max_pool, channels_last, record_spikes)
+        runner = _Runner(self.ann, self.max_pool, record_spikes)
         if chunk_size is None or batch_size is None:
             per_sample = runner.largest_activation_bytes(x[:1])
             work = max(1, self.work_bytes // per_sample)  # samples x steps per layer call
@@ -342,7 +342,7 @@ class _Runner:
     """Walks the prepared graph for simulation: static nodes once, the rest per chunk."""
 
     def __init__(
-        self, ann: fx.GraphModule, max_pool: MaxPoolMode, channels_last: bool, record: bool
+        self, ann: fx.GraphModule, max_pool: MaxPoolMode, record: bool
     ) -> None:
         self.ann = ann
         self.nodes = list(ann.graph.nodes)
@@ -355,7 +355,6 @@ class _Runner:
                 self.temporal[node] = module
         self.dynamic = self._time_varying()
         self.last_use = self._last_uses()
-        self.channels_last = channels_last
 
     def _temporal_twin(self, node: fx.Node, max_pool: MaxPoolMode) -> nn.Module | None:
         if node.meta.get(ANALOG) and node.op in ("call_module", "call_function", "call_method"):

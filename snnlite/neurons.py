@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from snnlite import kernels
+from snnlite.kernels import empty_over_time
 
 __all__ = [
     "ActivationSite",
@@ -59,15 +60,6 @@ def rate(z: Tensor, threshold: Tensor | float, timesteps: int) -> Tensor:
     safe = torch.where(theta > 0, theta, torch.ones_like(theta))
     spikes = torch.clamp(torch.floor(z * timesteps / safe + 0.5), 0, timesteps)
     return torch.where(theta > 0, theta * spikes / timesteps, torch.zeros_like(spikes))
-
-
-def _empty_like_over_time(membrane: Tensor, steps: int) -> Tensor:
-    """Uninitialised (steps, N, ...) tensor whose every step has the membrane's memory format."""
-    if membrane.dim() == 4 and membrane.is_contiguous(memory_format=torch.channels_last):
-        n, c, h, w = membrane.shape
-        buffer = membrane.new_empty((steps, n, h, w, c))
-        return buffer.permute(0, 1, 4, 2, 3)  # (steps, N, C, H, W), channels last per step
-    return membrane.new_empty((steps, *membrane.shape))
 
 
 def integrate_and_fire(
@@ -120,7 +112,7 @@ def integrate_and_fire_torch(
     """The IF chunk as plain torch ops, one step at a time (the reference; runs anywhere)."""
     # Silent neurons (theta = 0) get an infinite firing level so they never fire.
     fire_level = torch.where(threshold > 0, threshold, torch.full_like(threshold, math.inf))
-    spikes = _empty_like_over_time(membrane, steps)
+    spikes = empty_over_time(membrane, steps)
     fired = torch.empty(membrane.shape, dtype=torch.bool, device=membrane.device)
     for t in range(steps):
         membrane.add_(currents if constant else currents[t])  # integrate
