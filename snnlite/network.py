@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from tqdm.auto import tqdm
 
+from snnlite.energy import Activity, fanout_maps, source_name
 from snnlite.graph import ANALOG, SITES, activation_sites
 from snnlite.neurons import IFNeuron
 from snnlite.pooling import MAX_POOL_TYPES, GatedMaxPool
@@ -210,7 +211,10 @@ class SpikingNetwork(nn.Module):
                 and allocator, and memory that does not grow with T.
             channels_last: run 4-D activations in channels-last memory format.
             progress: show a progress bar (defaults to the setting given at conversion).
-            record_spikes: keep per-step spike counts of every neuron (``spike_counts``).
+            record_spikes: keep per-step spike counts of every neuron (``spike_counts``) and
+                the events and synaptic operations of every spike source, in
+                ``last_activity`` (an :class:`snnlite.energy.Activity`; the fan-out maps are
+                computed for ``x``'s shape first, one ANN pass on one sample).
 
         Returns:
             ``{T: readout}``: the mean of the network's analog output over the window
@@ -232,7 +236,8 @@ class SpikingNetwork(nn.Module):
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
 
-        runner = _Runner(self.ann, self.max_pool, record_spikes)
+        fanouts = fanout_maps(self.ann, x[:1]) if record_spikes else None
+        runner = _Runner(self.ann, self.max_pool, record_spikes, fanouts)
         if chunk_size is None or batch_size is None:
             per_sample = runner.largest_activation_bytes(x[:1])
             work = max(1, self.work_bytes // per_sample)  # samples x steps per layer call
@@ -245,13 +250,18 @@ class SpikingNetwork(nn.Module):
                    leave=False)  # fmt: skip
         parts = []
         counts: dict[str, Tensor] = {}
+        activity: Activity | None = None
         for tile in tiles:
             parts.append(self._simulate_tile(runner, tile, starts, total, chunk_size, bar))
             if record_spikes:
                 for name, per_step in runner.spike_counts().items():
                     counts[name] = counts.get(name, 0) + per_step
+                run = runner.activity(tile.shape[0])
+                activity = run if activity is None else activity.merge(run)
         bar.close()
         self.spike_counts = counts
+        if record_spikes:
+            self.last_activity = activity
         return {T: _concatenate([part[T] for part in parts]) for T in steps_wanted}
 
     def _simulate_tile(
@@ -342,7 +352,11 @@ class _Runner:
     """Walks the prepared graph for simulation: static nodes once, the rest per chunk."""
 
     def __init__(
-        self, ann: fx.GraphModule, max_pool: MaxPoolMode, record: bool
+        self,
+        ann: fx.GraphModule,
+        max_pool: MaxPoolMode,
+        record: bool,
+        fanouts: Mapping[str, Tensor] | None = None,
     ) -> None:
         self.ann = ann
         self.nodes = list(ann.graph.nodes)
@@ -350,9 +364,17 @@ class _Runner:
         for node in self.nodes:
             module = self._temporal_twin(node, max_pool)
             if module is not None:
-                if isinstance(module, IFNeuron):
+                if isinstance(module, IFNeuron | GatedMaxPool):  # spike sources: record
                     module.record = record
+                    module.fanout = None if fanouts is None else fanouts.get(node.name)
                 self.temporal[node] = module
+        sources = (IFNeuron, GatedMaxPool)
+        for node in self.nodes if fanouts else ():
+            if node.name in fanouts and not isinstance(self.temporal.get(node), sources):
+                raise NotImplementedError(
+                    f"energy: the max pool '{node.name}' pools spike trains per step "
+                    "(max_pool='current'); its passed spikes are counted only with 'gated'"
+                )
         self.dynamic = self._time_varying()
         self.last_use = self._last_uses()
 
@@ -399,6 +421,19 @@ class _Runner:
             for node, module in self.temporal.items()
             if isinstance(module, IFNeuron) and module.spikes_per_step
         }
+
+    def activity(self, samples: int) -> Activity:
+        """Events and synaptic operations per step of every spike source, this tile."""
+        events, sops, neurons, fanout = {}, {}, {}, {}
+        for node, module in self.temporal.items():
+            recorded = isinstance(module, IFNeuron | GatedMaxPool) and module.fanout is not None
+            if recorded and module.spikes_per_step:
+                name = source_name(node)
+                events[name] = torch.cat(module.spikes_per_step)
+                sops[name] = torch.cat(module.sops_per_step)
+                neurons[name] = module.fanout.numel()
+                fanout[name] = float(module.fanout.sum())
+        return Activity(samples, events, sops, neurons, fanout)
 
     def _call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         if node.op == "call_module":

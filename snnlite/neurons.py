@@ -30,6 +30,7 @@ __all__ = [
     "integrate_and_fire",
     "rate",
     "relux",
+    "synaptic_operations",
 ]
 
 
@@ -122,6 +123,15 @@ def integrate_and_fire_torch(
     return spikes, membrane
 
 
+def synaptic_operations(events: Tensor, fanout: Tensor) -> Tensor:
+    """Synapses reached per step: ``sum_{n, i} events[t, n, i] * fanout[i]``, float64 (T,).
+
+    ``events``: (steps, N, ...) booleans; ``fanout``: one sample's shape (snnlite.energy).
+    """
+    per_sample = events.flatten(2).to(torch.float64) @ fanout.reshape(-1).to(torch.float64)
+    return per_sample.sum(1)  # (steps, N) -> (steps,)
+
+
 class ActivationSite(nn.Module):
     """One activation call site of the ANN, holding its threshold; acts as ReLUX.
 
@@ -149,8 +159,9 @@ class IFNeuron(nn.Module):
 
     The input is time-folded into the batch, (steps * N, ...), as every stateless layer of the
     network sees it; this module alone unfolds time. The membrane persists across chunks until
-    :meth:`reset`. ``spike_count`` accumulates the number of spikes per step (a (steps,) tensor
-    per chunk, summed over the batch) when ``record`` is set, so energy accounting needs no
+    :meth:`reset`. When ``record`` is set, ``spikes_per_step`` accumulates the number of spikes
+    per step (a (steps,) tensor per chunk, summed over the batch) and, given a ``fanout`` map,
+    ``sops_per_step`` the synaptic operations they cause, so energy accounting needs no
     second run.
     """
 
@@ -159,11 +170,14 @@ class IFNeuron(nn.Module):
         self.register_buffer("threshold", threshold)
         self.membrane: Tensor | None = None
         self.spikes_per_step: list[Tensor] = []
+        self.sops_per_step: list[Tensor] = []
         self.record = False
+        self.fanout: Tensor | None = None  # synapses per output position (snnlite.energy)
 
     def reset(self) -> None:
         self.membrane = None
         self.spikes_per_step = []
+        self.sops_per_step = []
 
     def forward(self, current: Tensor, steps: int, constant: bool = False) -> Tensor:
         """current: (steps * N, ...) or, if ``constant``, (N, ...). Returns (steps * N, ...)."""
@@ -177,5 +191,8 @@ class IFNeuron(nn.Module):
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
         spikes, self.membrane = integrate_and_fire(currents, self.membrane, theta, steps)
         if self.record:
-            self.spikes_per_step.append((spikes != 0).flatten(1).sum(1))
+            fired = spikes != 0  # (steps, N, ...)
+            self.spikes_per_step.append(fired.flatten(1).sum(1))
+            if self.fanout is not None:
+                self.sops_per_step.append(synaptic_operations(fired, self.fanout))
         return spikes.reshape(steps * batch, *current.shape[1:])  # a view: no copy
