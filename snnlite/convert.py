@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from snnlite.graph import SITES, activation_sites, prepare
+from snnlite.graph import SITES, activation_sites, frozen_group_norms, prepare
 from snnlite.network import MaxPoolMode, SpikingNetwork
 from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 
@@ -24,6 +24,7 @@ __all__ = ["calibrate", "convert"]
 
 METHODS = ("ltb", "max", "robust")
 LTB_UPDATES = 600  # default LTB iteration count: about the 99.9th percentile (1 / 2K)
+GROUP_NORM_BATCHES = 20  # calibration batches that measure frozen GroupNorm statistics
 
 
 def convert(
@@ -37,6 +38,7 @@ def convert(
     percentile: float = 99.9,
     max_pool: MaxPoolMode = "gated",
     keep_analog: Iterable[str] = (),
+    group_norm: str = "refuse",
     probe_size: int = 256,
     progress: bool = True,
 ) -> SpikingNetwork:
@@ -61,6 +63,9 @@ def convert(
         max_pool: max pools on time-varying inputs: ``"gated"`` (by accumulated input; exact
             in the limit, default) or ``"current"`` (the paper's per-step pooling).
         keep_analog: module or node names to keep analog instead of refusing them.
+        group_norm: ``"refuse"`` or ``"freeze"``: fix each GroupNorm call's statistics,
+            averaged over the first ``GROUP_NORM_BATCHES`` calibration batches, so that it
+            becomes a per-channel affine (see :mod:`snnlite.groupnorm`; it changes the ANN).
         probe_size: samples of the first calibration batch kept to estimate the delay.
         progress: show tqdm progress bars (calibration and simulation).
     """
@@ -77,10 +82,14 @@ def convert(
 
     if iterations is None and method == "ltb":
         iterations = LTB_UPDATES
-    ann = prepare(model, keep_analog=keep_analog)
+    ann = prepare(model, keep_analog=keep_analog, group_norm=group_norm)
     sites = activation_sites(ann)
     if not sites:
         raise ValueError("the model has no ReLU-like activation: nothing to convert")
+    if frozen_group_norms(ann):
+        if iter(calibration) is calibration:  # a one-shot iterator: keep its batches
+            calibration = list(calibration)
+        measure_group_norms(ann, calibration, progress=progress)
     recipes = {
         name: make_recipe(method, granularity, site.cap, step_size=step_size,
                           percentile=percentile)  # fmt: skip
@@ -130,6 +139,33 @@ def calibrate(
     if first is None:
         raise ValueError("calibration data is empty: pass an iterable of input batches")
     return first
+
+
+def measure_group_norms(
+    ann: fx.GraphModule,
+    calibration: Iterable[Any],
+    *,
+    batches: int = GROUP_NORM_BATCHES,
+    progress: bool = True,
+) -> None:
+    """Measure every FrozenGroupNorm's statistics on calibration batches (with the sites as
+    they are, i.e. the original ReLUs before thresholds are set), then freeze them."""
+    norms = frozen_group_norms(ann)
+    device = _device_of(ann)
+    total = _length(calibration)
+    total = batches if total is None else min(batches, total)
+    seen = tqdm(_batches(calibration, batches), total=total, desc="group norms", unit="batch",
+                disable=not progress, leave=False)  # fmt: skip
+    with torch.no_grad():
+        for index, batch in enumerate(seen):
+            x = _input_of(batch, index).to(device)
+            if not torch.isfinite(x).all():
+                raise ValueError(f"calibration batch {index} contains NaN or inf values")
+            ann(x)
+    if not norms or any(norm.samples == 0 for norm in norms.values()):
+        raise ValueError("calibration data is empty: pass an iterable of input batches")
+    for norm in norms.values():
+        norm.freeze()
 
 
 def _batches(calibration: Iterable[Any], iterations: int | None) -> Iterator[Any]:

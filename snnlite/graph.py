@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from snnlite.groupnorm import FrozenGroupNorm
 from snnlite.neurons import ActivationSite
 from snnlite.pooling import MAX_POOL_TYPES
 
@@ -46,6 +47,8 @@ __all__ = [
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 SITES = "sites"  # the submodule that holds every ActivationSite
+NORMS = "norms"  # the submodule that holds every FrozenGroupNorm (one per call)
+GROUP_NORM_MODES = ("refuse", "freeze")
 ANALOG = "snnlite_analog"  # node.meta flag: the user keeps this node analog
 
 # Activation call sites, with the cap of the original activation.
@@ -71,7 +74,7 @@ _LINEAR_MODULES: tuple[type, ...] = (
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
     nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ChannelShuffle,
+    nn.ChannelShuffle, FrozenGroupNorm,
 )  # fmt: skip
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, FrozenBatchNorm2d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -150,6 +153,7 @@ def prepare(
     keep_analog: Iterable[str] = (),
     fold_batchnorm: bool = True,
     reorder_pools: bool = True,
+    group_norm: str = "refuse",
 ) -> fx.GraphModule:
     """Trace a copy of ``model`` and turn it into a network of activation sites (see module doc).
 
@@ -160,11 +164,19 @@ def prepare(
             the SNN they act on the running average of their inputs.
         fold_batchnorm: fold batch norms into the preceding conv/linear layer.
         reorder_pools: move a max pool that follows an activation before it.
+        group_norm: ``"refuse"`` (GroupNorm is not linear per step: an error names it) or
+            ``"freeze"``: each GroupNorm call becomes a :class:`~snnlite.groupnorm.FrozenGroupNorm`
+            whose statistics the caller measures on calibration data, then freezes (``convert``
+            does both).
     """
+    if group_norm not in GROUP_NORM_MODES:
+        raise ValueError(f"group_norm must be one of {GROUP_NORM_MODES}, got {group_norm!r}")
     model = copy.deepcopy(model).eval()
     gm = trace(model)
     _mark_analog(gm, list(keep_analog))
     _rewrite_inplace(gm)
+    if group_norm == "freeze":
+        _install_frozen_group_norms(gm)
     _check_convertible(gm)
     _install_sites(gm)
     _functional_pools_to_modules(gm)
@@ -277,6 +289,26 @@ def _activation_cap(gm: fx.GraphModule, node: fx.Node) -> float | None:
     return None
 
 
+def _install_frozen_group_norms(gm: fx.GraphModule) -> None:
+    """Give every GroupNorm call (not kept analog) its own FrozenGroupNorm, still measuring."""
+    container = nn.Module()
+    gm.add_module(NORMS, container)
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.meta.get(ANALOG):
+            continue
+        module = gm.get_submodule(node.target)
+        if isinstance(module, nn.GroupNorm):
+            container.add_module(node.name, FrozenGroupNorm(module))
+            node.target = f"{NORMS}.{node.name}"
+
+
+def frozen_group_norms(gm: fx.GraphModule) -> dict[str, FrozenGroupNorm]:
+    """The FrozenGroupNorm calls of a prepared graph (empty unless ``group_norm="freeze"``)."""
+    if not hasattr(gm, NORMS):
+        return {}
+    return dict(gm.get_submodule(NORMS).named_children())  # type: ignore[arg-type]
+
+
 def _check_convertible(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if node.meta.get(ANALOG) or _activation_cap(gm, node) is not None:
@@ -286,6 +318,12 @@ def _check_convertible(gm: fx.GraphModule) -> None:
             module = gm.get_submodule(node.target)
             if isinstance(module, _BATCH_NORMS) and getattr(module, "running_mean", 1) is None:
                 problem = "a batch norm without running statistics normalises by batch"
+            elif isinstance(module, nn.GroupNorm):
+                problem = (
+                    "GroupNorm normalises each sample by its own statistics, which is not linear "
+                    "per time step; pass group_norm='freeze' to fix its statistics from the "
+                    "calibration data"
+                )
             elif not isinstance(module, _LINEAR_MODULES + MAX_POOL_TYPES):
                 problem = f"{type(module).__name__} is not linear per time step nor a ReLU"
         elif node.op == "call_function" and node.target in _NONLINEAR_FUNCTIONS:
