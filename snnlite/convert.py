@@ -85,7 +85,10 @@ def convert(
     ann = prepare(model, keep_analog=keep_analog, group_norm=group_norm)
     sites = activation_sites(ann)
     if not sites:
-        raise ValueError("the model has no ReLU-like activation: nothing to convert")
+        raise ValueError(
+            "the model has no ReLU-like activation that feeds a conv or linear layer: nothing "
+            "to convert (activations at the output stay analog)"
+        )
     if frozen_group_norms(ann):
         if iter(calibration) is calibration:  # a one-shot iterator: keep its batches
             calibration = list(calibration)

@@ -177,6 +177,7 @@ def prepare(
     _rewrite_inplace(gm)
     if group_norm == "freeze":
         _install_frozen_group_norms(gm)
+    _mark_output_activations(gm)
     _check_convertible(gm)
     _install_sites(gm)
     _functional_pools_to_modules(gm)
@@ -287,6 +288,30 @@ def _activation_cap(gm: fx.GraphModule, node: fx.Node) -> float | None:
     if node.op == "call_method":
         return _ACTIVATION_METHODS.get(node.target)
     return None
+
+
+def _mark_output_activations(gm: fx.GraphModule) -> None:
+    """Keep analog every activation whose output reaches no conv or linear layer.
+
+    Such an activation belongs to the analog last layer, not to a neuron: its spikes would
+    feed no synapse (FCOS applies ``F.relu`` to its box-distance outputs). Kept analog, it acts
+    on the running average of the last layer's output, as the readout does, instead of
+    clipping the output at a calibrated threshold and quantising it to multiples of
+    ``theta / T``.
+    """
+    weighted = (*_CONVS, nn.Linear)
+    feeds_synapses: set[fx.Node] = set()
+    for node in reversed(gm.graph.nodes):
+        for user in node.users:
+            is_layer = user.op == "call_module" and isinstance(
+                gm.get_submodule(user.target), weighted
+            )
+            if is_layer or user in feeds_synapses:
+                feeds_synapses.add(node)
+                break
+    for node in gm.graph.nodes:
+        if node not in feeds_synapses and _activation_cap(gm, node) is not None:
+            node.meta[ANALOG] = True
 
 
 def _install_frozen_group_norms(gm: fx.GraphModule) -> None:

@@ -95,8 +95,9 @@ def test_detection_structures_convert_and_simulate(builder, options):
     paths = {node: snnlite.graph._module_path(node) for node in site_nodes(detector.snn.ann)}
     extra = [node for node, stack in paths.items() if any("extra_blocks" in p for p in stack)]
     assert len(extra) == 1
-    # Backbone 49 + P6P7 1 + two heads x 4 convs x 5 levels (+ FCOS's ReLU on box distances).
-    assert len(detector.snn.thresholds) == 90 + 5 * bool(options)
+    # Backbone 49 + P6P7 1 + two heads x 4 convs x 5 levels; FCOS's ReLU on its box
+    # distances feeds no synapse: it stays analog (part of the output layer).
+    assert len(detector.snn.thresholds) == 90
     results = detector.simulate(images[:2], [1, 3], delay=0, progress=False)
     for detections in results.values():
         assert len(detections) == 2
@@ -144,9 +145,11 @@ def test_frozen_group_norm_is_exact_on_its_calibration_sample_and_per_call():
             super().__init__()
             self.conv = nn.Conv2d(3, 8, 3, padding=1)
             self.norm = nn.GroupNorm(4, 8)
+            self.head = nn.Conv2d(8, 2, 1)
 
         def forward(self, x):
-            return F.relu(self.norm(self.conv(x))) + F.relu(self.norm(3 * self.conv(x) + 1))
+            z = self.conv(x)
+            return self.head(F.relu(self.norm(z)) + F.relu(self.norm(3 * z + 1)))
 
     torch.manual_seed(0)
     model = TwoCalls().eval()
@@ -166,3 +169,17 @@ def test_frozen_group_norm_is_exact_on_its_calibration_sample_and_per_call():
     out = snn.simulate(x, [256], delay=0, progress=False)[256]
     reference = snn.relux()(x)
     assert (out - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_an_activation_at_the_output_stays_analog():
+    """A ReLU whose spikes would feed no synapse (FCOS's box distances) is part of the analog
+    output layer: no neuron, and the SNN's output is ReLU of the averaged last layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU()).eval()
+    x = torch.randn(4, 1, 8, 8)
+    snn = snnlite.convert(model, [x], method="max", progress=False)
+    assert list(snn.thresholds) == ["_1"]
+    out = snn.simulate(x, [512], delay=0, progress=False)[512]
+    reference = snn.relux()(x)
+    assert (out >= 0).all()  # not clipped at a threshold, not quantised, but still a ReLU
+    assert (out - reference).abs().max() < 0.02 * reference.abs().max()
