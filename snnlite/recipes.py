@@ -91,12 +91,18 @@ class LocalThresholdBalancing(ThresholdRecipe):
         if self.theta is None:
             shape = () if self.granularity == "layer" else (z.shape[1],)
             self.theta = torch.zeros(shape, dtype=torch.float64, device=z.device)
+        # Two passes over z, one temporary: calibration is meant to cost about as much as
+        # inference, and on a CPU these elementwise passes cost as much as a small conv.
         theta = broadcast_threshold(self.theta.to(z.dtype), z.dim())
-        excess = torch.relu(z - theta)  # (z - theta) * H(z - theta)
-        self.theta += self.step_size * 2 * excess.mean(dim=dims, dtype=torch.float64)
+        excess = (z - theta).clamp_(min=0)  # (z - theta) * H(z - theta)
+        per_threshold = z.numel() // self.theta.numel()  # values averaged into each theta
+        mean_excess = excess.sum(dim=dims).double() / per_threshold
+        self.theta += self.step_size * 2 * mean_excess
         self.updates += 1
-        updated = broadcast_threshold(self.theta.to(z.dtype), z.dim())
-        return torch.minimum(self.activation(z), updated)
+        # clip(z, 0, min(theta, cap)): the original activation (ReLU or ReLU6) capped at the
+        # updated theta, in one pass.
+        ceiling = broadcast_threshold(self.theta.clamp(max=self.cap).to(z.dtype), z.dim())
+        return torch.clamp(z, min=torch.zeros_like(ceiling), max=ceiling)
 
     def _threshold(self) -> Tensor:
         assert self.theta is not None, "no calibration batch reached this site"
