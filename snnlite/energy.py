@@ -21,9 +21,12 @@ What is counted (method.md §7), per image:
 
   Through a weight-free node an event reaches everything it *connects* to: an average pool
   output it lies in (each reaching the weights of the next layer), every copy an upsampling
-  makes, both operands' consumers of an add. The fan-out map of a source is computed exactly
-  by autograd on the downstream sub-graph with every weight replaced by its nonzero indicator
-  and every pooling / interpolation by its connection indicator (:func:`fanout_maps`).
+  makes, both operands' consumers of an add. Counting is per path: an event that reaches one
+  weight along two paths (two overlapping pool windows, a skip and a main branch meeting at an
+  add) costs two operations, as an event-driven chip sends it down each. The fan-out map of a
+  source is computed exactly by autograd on the downstream sub-graph with every weight
+  replaced by its nonzero indicator and every pooling / interpolation by its connection
+  indicator (:func:`fanout_maps`).
 * The first layer(s), before any neuron, receive the analog input: their MACs are reported
   separately (:func:`analog_macs`) and added to the SNN's energy only on request.
 
@@ -254,10 +257,11 @@ def _is_site(node: fx.Node) -> bool:
 
 
 def source_name(node: fx.Node) -> str:
-    """Display name of a spike source: the site name for neurons, the module name for pools."""
+    """Display name of a spike source: the site name for neurons, the node name for pools
+    (unique even when one pool module is called twice)."""
     if _is_site(node):
         return str(node.target).split(".", 1)[1]
-    return str(node.target)
+    return node.name
 
 
 @torch.no_grad()
