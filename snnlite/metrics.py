@@ -6,7 +6,7 @@ curve costs what its longest T costs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,16 @@ from tqdm.auto import tqdm
 
 from snnlite.network import Delay, SpikingNetwork
 
-__all__ = ["accuracy_curve", "ann_accuracy"]
+__all__ = [
+    "accuracy_curve",
+    "ann_accuracy",
+    "ann_map",
+    "ann_miou",
+    "detection_map",
+    "map_curve",
+    "mean_iou",
+    "miou_curve",
+]
 
 
 def _batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -55,3 +64,154 @@ def accuracy_curve(
         for T, logits in outputs.items():
             correct[T] += int((logits.argmax(dim=1) == y).sum())
     return {T: correct[T] / len(images) for T in timesteps}
+
+
+def mean_iou(
+    preds: Tensor, targets: Tensor, num_classes: int, ignore_index: int | None = None
+) -> float:
+    """Dataset-level mean IoU of semantic label maps, as PASCAL VOC scores it.
+
+    ``preds`` and ``targets`` are integer label maps of one shape, e.g. (N, H, W); take
+    ``logits.argmax(1)`` first. One confusion matrix is accumulated over all pixels
+    (torchmetrics' ``MulticlassConfusionMatrix``), then ``IoU_c = TP / (TP + FP + FN)`` per
+    class and the mean over the classes that occur in the predictions or the targets (a
+    class absent from both has no defined IoU and is left out, not counted as 0 or 1).
+    Background is an ordinary class (index 0 in FashionScenes), as in VOC. Pixels whose
+    target equals ``ignore_index`` (VOC: 255 on object borders) count nowhere; if
+    ``ignore_index`` is a valid class index, that class is dropped from the mean too.
+    """
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    if preds.shape != targets.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ")
+    if preds.is_floating_point() or targets.is_floating_point():
+        raise ValueError("mean_iou takes integer label maps; use logits.argmax(1) for preds")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if preds.numel() == 0:
+        raise ValueError("no pixels to score")
+    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
+                                        validate_args=True)
+    matrix = confmat(preds.flatten().long(), targets.flatten().long()).double()  # (C, C)
+    tp = matrix.diag()
+    union = matrix.sum(0) + matrix.sum(1) - tp  # predicted + true - both
+    valid = union > 0
+    if ignore_index is not None and 0 <= ignore_index < num_classes:
+        valid[ignore_index] = False
+    if not valid.any():
+        raise ValueError("no class occurs in preds or targets (all pixels ignored?)")
+    return float((tp[valid] / union[valid]).mean())
+
+
+def detection_map(
+    preds: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]
+) -> dict[str, float]:
+    """COCO box mAP of detections, through torchmetrics with the pycocotools backend.
+
+    ``preds``: one dict per image with ``boxes`` (K, 4) xyxy pixels, ``scores`` (K,),
+    ``labels`` (K,) - what a torchvision detector returns in eval mode. ``targets``: one
+    dict per image with ``boxes`` and ``labels`` (extra keys such as FashionScenes'
+    ``masks`` are ignored). Returns ``map`` (mean over IoU 0.50:0.05:0.95 and classes),
+    ``map_50``, ``map_75`` and ``mar_100`` (recall with up to 100 detections per image) as
+    floats; pycocotools reports -1 for a quantity with no ground truth at all.
+    """
+    from torchmetrics.detection import MeanAveragePrecision
+
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} predictions but {len(targets)} targets")
+    if len(preds) == 0:
+        raise ValueError("no images to score")
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    keep_pred = ("boxes", "scores", "labels")
+    keep_target = ("boxes", "labels")
+    metric.update(
+        [{k: p[k].detach().cpu() for k in keep_pred} for p in preds],
+        [{k: t[k].detach().cpu() for k in keep_target} for t in targets],
+    )
+    result = metric.compute()
+    return {k: float(result[k]) for k in ("map", "map_50", "map_75", "mar_100")}
+
+
+def _segmentation_logits(output: Tensor | dict) -> Tensor:
+    """torchvision segmentation models return ``{"out": logits}``; plain nets return logits."""
+    return output["out"] if isinstance(output, dict) else output
+
+
+@torch.no_grad()
+def ann_miou(
+    model: nn.Module,
+    images: Tensor,
+    masks: Tensor,
+    num_classes: int,
+    batch_size: int = 50,
+    ignore_index: int | None = None,
+) -> float:
+    """mIoU of a segmentation ANN (the original or ``snn.relux()``) on (N, 3, H, W) images."""
+    model.eval()
+    preds = [_segmentation_logits(model(x)).argmax(dim=1)
+             for x, _ in _batches(images, masks, batch_size)]  # fmt: skip
+    return mean_iou(torch.cat(preds), masks, num_classes, ignore_index)
+
+
+def miou_curve(
+    snn: SpikingNetwork,
+    images: Tensor,
+    masks: Tensor,
+    num_classes: int,
+    timesteps: Iterable[int],
+    delay: Delay | float = "auto",
+    batch_size: int = 50,
+    ignore_index: int | None = None,
+    progress: bool = True,
+) -> dict[int, float]:
+    """mIoU of the SNN at every T in ``timesteps`` (one simulation per batch): ``{T: miou}``."""
+    timesteps = sorted(set(timesteps))
+    preds: dict[int, list[Tensor]] = {T: [] for T in timesteps}
+    total = -(-len(images) // batch_size)
+    batches = _batches(images, masks, batch_size)
+    for x, _ in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
+        for T, output in snn.simulate(x, timesteps, delay=delay, progress=False).items():
+            preds[T].append(_segmentation_logits(output).argmax(dim=1))
+    return {T: mean_iou(torch.cat(preds[T]), masks, num_classes, ignore_index) for T in timesteps}
+
+
+def _image_batches(images: Sequence[Tensor], batch_size: int) -> Iterator[list[Tensor]]:
+    if len(images) == 0:
+        raise ValueError("no images to evaluate")
+    for start in range(0, len(images), batch_size):
+        yield list(images[start : start + batch_size])
+
+
+@torch.no_grad()
+def ann_map(
+    detector: nn.Module,
+    images: Sequence[Tensor],
+    targets: Sequence[dict[str, Tensor]],
+    batch_size: int = 50,
+) -> dict[str, float]:
+    """COCO mAP of a torchvision detector in eval mode (its own forward, end to end)."""
+    detector.eval()
+    preds = [d for batch in _image_batches(images, batch_size) for d in detector(batch)]
+    return detection_map(preds, targets)
+
+
+def map_curve(
+    spiking_detector,  # snnlite.detection.SpikingDetector (not imported: no cycle)
+    images: Sequence[Tensor],
+    targets: Sequence[dict[str, Tensor]],
+    timesteps: Iterable[int],
+    delay: Delay | float = "auto",
+    batch_size: int = 50,
+    progress: bool = True,
+) -> dict[int, dict[str, float]]:
+    """COCO mAP of a spiking detector at every T (one simulation per batch): ``{T: metrics}``."""
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    timesteps = sorted(set(timesteps))
+    preds: dict[int, list[dict[str, Tensor]]] = {T: [] for T in timesteps}
+    total = -(-len(images) // batch_size)
+    batches = _image_batches(images, batch_size)
+    for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
+        for T, found in spiking_detector.simulate(batch, timesteps, delay, progress=False).items():
+            preds[T].extend(found)
+    return {T: detection_map(preds[T], targets) for T in timesteps}

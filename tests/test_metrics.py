@@ -1,0 +1,104 @@
+"""Tests of the task metrics in snnlite.metrics against hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snnlite.metrics import detection_map, mean_iou
+
+# ---------------------------------------------------------------- mean IoU
+
+TARGET = torch.tensor([
+    [0, 0, 1, 1],
+    [0, 0, 1, 1],
+    [2, 2, 2, 2],
+    [2, 2, 2, 2],
+])
+PRED = torch.tensor([
+    [0, 1, 1, 1],
+    [0, 0, 1, 1],
+    [2, 2, 0, 2],
+    [2, 2, 2, 2],
+])
+
+
+def test_mean_iou_by_hand() -> None:
+    # class 0: pred {00,10,11,22}, true {00,01,10,11}: inter 3, union 5 -> 3/5
+    # class 1: pred {01,02,03,12,13}, true {02,03,12,13}: inter 4, union 5 -> 4/5
+    # class 2: pred 7 pixels, true 8 pixels, all 7 inside: inter 7, union 8 -> 7/8
+    expected = (3 / 5 + 4 / 5 + 7 / 8) / 3
+    assert mean_iou(PRED, TARGET, num_classes=3) == pytest.approx(expected, abs=1e-12)
+    # batched (N, H, W) input pools pixels over images (dataset-level, as VOC)
+    both = mean_iou(torch.stack([PRED, TARGET]), torch.stack([TARGET, TARGET]), 3)
+    # class 0: inter 3 + 4, union 5 + 4 ...
+    expected2 = (7 / 9 + 8 / 9 + 15 / 16) / 3
+    assert both == pytest.approx(expected2, abs=1e-12)
+    assert mean_iou(TARGET, TARGET, 3) == 1.0
+
+
+def test_mean_iou_ignore_index_and_absent_classes() -> None:
+    target = TARGET.clone()
+    target[0, 1] = 255  # the pixel where class 0 was predicted as 1 no longer counts
+    # class 0: pred {00,10,11,22}, true {00,10,11}: 3/4; class 1: 4/4; class 2: 7/8
+    expected = (3 / 4 + 1 + 7 / 8) / 3
+    assert mean_iou(PRED, target, 3, ignore_index=255) == pytest.approx(expected, abs=1e-12)
+    # a class that occurs nowhere (3 of num_classes=5 ... 4) is left out, not scored 0 or 1
+    assert mean_iou(PRED, TARGET, 5) == pytest.approx((3 / 5 + 4 / 5 + 7 / 8) / 3)
+    # ignoring a real class drops its pixels and its IoU: class 2 out, (2,2) pred 0 ignored
+    # class 0: pred {00,10,11}, true {00,01,10,11}: 3/4; class 1: 4/5
+    assert mean_iou(PRED, TARGET, 3, ignore_index=2) == pytest.approx((3 / 4 + 4 / 5) / 2)
+
+
+def test_mean_iou_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="differ"):
+        mean_iou(PRED, TARGET[:2], 3)
+    with pytest.raises(ValueError, match="argmax"):
+        mean_iou(PRED.float(), TARGET, 3)
+
+
+# ---------------------------------------------------------------- detection mAP
+
+
+def _box(x1: float, y1: float, x2: float, y2: float) -> list[float]:
+    return [x1, y1, x2, y2]
+
+
+def test_detection_map_by_hand() -> None:
+    """Two ground-truth boxes of one class; detections in score order:
+
+    1. score 0.9, exactly box A                  -> TP at every IoU threshold
+    2. score 0.8, nowhere near any box           -> FP
+    3. score 0.7, IoU 100/160 = 0.625 with box B -> TP for t in {.50, .55, .60}, FP above
+
+    At t <= 0.60: precision/recall after each detection 1/.5, .5/.5, .667/1; COCO makes
+    precision monotone (1, .667, .667) and samples it at 101 recall points: 51 points
+    (r <= .5) read 1, 50 points read 2/3 -> AP = (51 + 100/3) / 101.
+    At t >= 0.65: recall stops at .5 -> AP = 51/101.
+    mAP = (3 * AP_low + 7 * AP_high) / 10 over the 10 thresholds .50:.05:.95.
+    """
+    targets = [{"boxes": torch.tensor([_box(0, 0, 10, 10), _box(20, 20, 36, 30)]),
+                "labels": torch.tensor([1, 1])}]
+    preds = [{"boxes": torch.tensor([_box(0, 0, 10, 10), _box(60, 60, 70, 70),
+                                     _box(20, 20, 30, 30)]),
+              "scores": torch.tensor([0.9, 0.8, 0.7]),
+              "labels": torch.tensor([1, 1, 1])}]
+    ap_low, ap_high = (51 + 100 / 3) / 101, 51 / 101
+    result = detection_map(preds, targets)
+    assert result["map_50"] == pytest.approx(ap_low, abs=1e-6)
+    assert result["map_75"] == pytest.approx(ap_high, abs=1e-6)
+    assert result["map"] == pytest.approx((3 * ap_low + 7 * ap_high) / 10, abs=1e-6)
+    assert result["mar_100"] == pytest.approx((3 * 1.0 + 7 * 0.5) / 10, abs=1e-6)
+
+    # the false positive ranked last costs nothing: AP@.5 = 1
+    preds[0]["scores"] = torch.tensor([0.9, 0.1, 0.7])
+    assert detection_map(preds, targets)["map_50"] == pytest.approx(1.0, abs=1e-6)
+    # a wrong label misses box A of class 1 (recall stops at .5 -> 51/101); the detection
+    # becomes an FP of class 2, which has no ground truth and so no AP (left out of the mean)
+    preds[0]["labels"] = torch.tensor([2, 1, 1])
+    assert detection_map(preds, targets)["map_50"] == pytest.approx(51 / 101, abs=1e-6)
+
+
+def test_detection_map_rejects_mismatched_lists() -> None:
+    with pytest.raises(ValueError, match="predictions but"):
+        detection_map([], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
