@@ -45,7 +45,7 @@ import copy
 import inspect
 import math
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from snnlite.graph import ANALOG, SITES
 from snnlite.pooling import MAX_POOL_TYPES
@@ -72,6 +73,7 @@ __all__ = [
     "energy_table",
     "fanout_maps",
     "fps_per_watt",
+    "recorded_runs",
     "sop_at_fraction",
 ]
 
@@ -529,7 +531,7 @@ def _interpolation(
     by interpolating one-hot probes with the very same call.
     """
     if mode in ("nearest", "nearest-exact"):
-        return F.interpolate(x, size=tuple(out_shape[2:]), mode=mode)
+        return F.interpolate(x, mode=mode, **options)
     if mode == "area":
         return _adaptive_sum_pool(x, out_shape)
     spatial = x.dim() - 2
@@ -701,6 +703,39 @@ def layer_table(activity: Activity, T: int) -> str:
     return "\n".join(lines)
 
 
+# --- measuring a task ---------------------------------------------------------------------
+
+
+def recorded_runs(
+    snn: Any,
+    batches: Iterable[Any],
+    timesteps: Iterable[int],
+    update: Callable[[dict[int, Any], Any], None],
+    *,
+    simulate: Callable[..., dict[int, Any]] | None = None,
+    **options: Any,
+) -> Activity:
+    """Simulate every batch once, recording; the task metric is fed from the same runs.
+
+    ``batches`` yields inputs or ``(inputs, targets)``; ``update({T: output}, batch)`` updates
+    the caller's metric (top-1, mIoU, mAP: any task). ``simulate`` defaults to
+    ``snn.simulate``; pass e.g. a :class:`~snnlite.detection.SpikingDetector`'s ``simulate``
+    (its ``.snn`` as ``snn``) so that the outputs are detections. Returns the merged activity.
+    """
+    run = simulate or snn.simulate
+    timesteps = sorted(set(timesteps))
+    activity: Activity | None = None
+    for batch in batches:
+        inputs = batch[0] if isinstance(batch, tuple | list) else batch
+        outputs = run(inputs, timesteps, record_spikes=True, progress=False, **options)
+        update(outputs, batch)
+        current = snn.last_activity
+        activity = current if activity is None else activity.merge(current)
+    if activity is None:
+        raise ValueError("no batches to simulate")
+    return activity
+
+
 # --- measuring a classifier ----------------------------------------------------------------
 
 
@@ -718,21 +753,19 @@ def classification_energy(
     progress: bool = True,
 ) -> tuple[EnergyRow, Activity, dict[int, float]]:
     """Top-1 accuracy over T and the SOPs of the same simulations, then the energy row."""
-    from tqdm.auto import tqdm
-
-    from snnlite.metrics import ann_accuracy
+    from snnlite.metrics import ann_accuracy  # here: metrics imports network imports energy
 
     timesteps = sorted(set(timesteps))
     correct = dict.fromkeys(timesteps, 0)
-    activity: Activity | None = None
-    for start in tqdm(range(0, len(images), batch_size), desc=name, disable=not progress):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        outputs = snn.simulate(x, timesteps, delay=delay, progress=False, record_spikes=True)
+
+    def update(outputs: dict[int, Tensor], batch: tuple[Tensor, Tensor]) -> None:
         for T, logits in outputs.items():
-            correct[T] += int((logits.argmax(1) == y).sum())
-        run = snn.last_activity
-        activity = run if activity is None else activity.merge(run)
-    assert activity is not None
+            correct[T] += int((logits.argmax(1) == batch[1]).sum())
+
+    batches = [(images[i : i + batch_size], labels[i : i + batch_size])
+               for i in range(0, len(images), batch_size)]  # fmt: skip
+    bar = tqdm(batches, desc=name, disable=not progress)
+    activity = recorded_runs(snn, bar, timesteps, update, delay=delay)
     curve = {T: correct[T] / len(images) for T in timesteps}
     row = energy_row(
         name, curve, activity.sops_at(timesteps), ann_accuracy(model, images, labels),
