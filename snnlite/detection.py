@@ -138,17 +138,19 @@ class SpikingDetector:
         self,
         images: Sequence[Tensor],
         timesteps: int | Iterable[int],
-        delay: Delay | float = "auto",
+        delay: Delay | float | Sequence[Delay | float] = "auto",
         **options: Any,
-    ) -> dict[int, Detections]:
-        """One simulation of the network; torchvision's detections for every requested T.
+    ) -> dict[Any, Detections]:
+        """One simulation of the network; torchvision's detections for every requested T
+        (``{(T, delay): ...}`` for a list of delays, as :meth:`SpikingNetwork.simulate`).
 
         ``options`` go to :meth:`SpikingNetwork.simulate` (chunk_size, batch_size, ...).
         """
         batch = transformed_batch(self.detector, images)
         readouts = self.snn.simulate(batch, timesteps, delay=delay, **options)
         shapes = feature_shapes(self.detector, batch)
-        return {T: postprocess(self.detector, images, out, shapes) for T, out in readouts.items()}
+        return {key: postprocess(self.detector, images, out, shapes)
+                for key, out in readouts.items()}  # fmt: skip
 
 
 def convert_detector(

@@ -7,6 +7,7 @@ curve costs what its longest T costs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,20 +51,35 @@ def accuracy_curve(
     images: Tensor,
     labels: Tensor,
     timesteps: Iterable[int],
-    delay: Delay | float = "auto",
+    delay: Delay | float | Sequence[Delay | float] = "auto",
     batch_size: int = 500,
     progress: bool = True,
-) -> dict[int, float]:
-    """Top-1 accuracy of the SNN at every T in ``timesteps``: ``{T: accuracy}``."""
+) -> dict:
+    """Top-1 accuracy of the SNN at every T in ``timesteps``: ``{T: accuracy}``.
+
+    Several delays (a list) are read from the same simulation: ``{delay: {T: accuracy}}``.
+    """
     timesteps = sorted(set(timesteps))
-    correct = dict.fromkeys(timesteps, 0)
+    delays = _delays(delay)
+    correct = dict.fromkeys(((T, d) for T in timesteps for d in delays), 0)
     batches = _batches(images, labels, batch_size)
     total = -(-len(images) // batch_size)
     for x, y in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        outputs = snn.simulate(x, timesteps, delay=delay, progress=False)
-        for T, logits in outputs.items():
-            correct[T] += int((logits.argmax(dim=1) == y).sum())
-    return {T: correct[T] / len(images) for T in timesteps}
+        outputs = snn.simulate(x, timesteps, delay=delays, progress=False)
+        for key, logits in outputs.items():
+            correct[key] += int((logits.argmax(dim=1) == y).sum())
+    return _by_delay({key: hits / len(images) for key, hits in correct.items()}, delay)
+
+
+def _delays(delay: Delay | float | Sequence[Delay | float]) -> list:
+    return list(delay) if isinstance(delay, list | tuple) else [delay]
+
+
+def _by_delay(values: dict[tuple[int, Any], Any], delay: Any) -> dict:
+    """{(T, d): v} -> {T: v} for one delay, {d: {T: v}} for a list of delays."""
+    if not isinstance(delay, list | tuple):
+        return {T: v for (T, _), v in values.items()}
+    return {d: {T: v for (T, dd), v in values.items() if dd == d} for d in delay}
 
 
 def mean_iou(
@@ -159,20 +175,26 @@ def miou_curve(
     masks: Tensor,
     num_classes: int,
     timesteps: Iterable[int],
-    delay: Delay | float = "auto",
+    delay: Delay | float | Sequence[Delay | float] = "auto",
     batch_size: int = 50,
     ignore_index: int | None = None,
     progress: bool = True,
-) -> dict[int, float]:
-    """mIoU of the SNN at every T in ``timesteps`` (one simulation per batch): ``{T: miou}``."""
+) -> dict:
+    """mIoU of the SNN at every T in ``timesteps`` (one simulation per batch): ``{T: miou}``.
+
+    Several delays (a list) are read from the same simulation: ``{delay: {T: miou}}``.
+    """
     timesteps = sorted(set(timesteps))
-    preds: dict[int, list[Tensor]] = {T: [] for T in timesteps}
+    delays = _delays(delay)
+    preds: dict[tuple, list[Tensor]] = {(T, d): [] for T in timesteps for d in delays}
     total = -(-len(images) // batch_size)
     batches = _batches(images, masks, batch_size)
     for x, _ in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        for T, output in snn.simulate(x, timesteps, delay=delay, progress=False).items():
-            preds[T].append(_segmentation_logits(output).argmax(dim=1))
-    return {T: mean_iou(torch.cat(preds[T]), masks, num_classes, ignore_index) for T in timesteps}
+        for key, output in snn.simulate(x, timesteps, delay=delays, progress=False).items():
+            preds[key].append(_segmentation_logits(output).argmax(dim=1))
+    scores = {key: mean_iou(torch.cat(p), masks, num_classes, ignore_index)
+              for key, p in preds.items()}  # fmt: skip
+    return _by_delay(scores, delay)
 
 
 def _image_batches(images: Sequence[Tensor], batch_size: int) -> Iterator[list[Tensor]]:
@@ -200,18 +222,23 @@ def map_curve(
     images: Sequence[Tensor],
     targets: Sequence[dict[str, Tensor]],
     timesteps: Iterable[int],
-    delay: Delay | float = "auto",
+    delay: Delay | float | Sequence[Delay | float] = "auto",
     batch_size: int = 50,
     progress: bool = True,
-) -> dict[int, dict[str, float]]:
-    """COCO mAP of a spiking detector at every T (one simulation per batch): ``{T: metrics}``."""
+) -> dict:
+    """COCO mAP of a spiking detector at every T (one simulation per batch): ``{T: metrics}``.
+
+    Several delays (a list) are read from the same simulation: ``{delay: {T: metrics}}``.
+    """
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     timesteps = sorted(set(timesteps))
-    preds: dict[int, list[dict[str, Tensor]]] = {T: [] for T in timesteps}
+    delays = _delays(delay)
+    preds: dict[tuple, list[dict[str, Tensor]]] = {(T, d): [] for T in timesteps for d in delays}
     total = -(-len(images) // batch_size)
     batches = _image_batches(images, batch_size)
     for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        for T, found in spiking_detector.simulate(batch, timesteps, delay, progress=False).items():
-            preds[T].extend(found)
-    return {T: detection_map(preds[T], targets) for T in timesteps}
+        found = spiking_detector.simulate(batch, timesteps, delays, progress=False)
+        for key, detections in found.items():
+            preds[key].extend(detections)
+    return _by_delay({key: detection_map(p, targets) for key, p in preds.items()}, delay)

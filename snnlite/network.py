@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -187,7 +187,7 @@ class SpikingNetwork(nn.Module):
         self,
         x: Tensor,
         timesteps: int | Iterable[int],
-        delay: Delay | float = "auto",
+        delay: Delay | float | Sequence[Delay | float] = "auto",
         *,
         chunk_size: int | None = None,
         batch_size: int | None = None,
@@ -196,6 +196,9 @@ class SpikingNetwork(nn.Module):
         record_spikes: bool = False,
     ) -> dict[int, Any]:
         """Run ONE simulation to ``max(timesteps)`` and read out every requested T.
+
+        ``delay`` may also be a list of delays: then the result is ``{(T, delay): readout}``,
+        every window read from the same run (e.g. ``["auto", "half"]`` at the cost of one).
 
         Args:
             x: an input batch (N, ...), fed to the first layer at every step (direct coding).
@@ -231,7 +234,15 @@ class SpikingNetwork(nn.Module):
             if value is not None and (isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self._check_thresholds()
-        starts = {T: readout_start(T, self._delay_steps(T, delay)) for T in steps_wanted}
+        several = isinstance(delay, list | tuple)
+        delays = list(delay) if several else [delay]
+        if not delays:
+            raise ValueError("delay is an empty list")
+        windows = {  # (T, delay) -> (d, T): the readout is the mean over steps d < t <= T
+            (T, d): (readout_start(T, self._delay_steps(T, d)), T)
+            for T in steps_wanted
+            for d in delays
+        }
         total = max(steps_wanted)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -252,7 +263,7 @@ class SpikingNetwork(nn.Module):
         counts: dict[str, Tensor] = {}
         activity: Activity | None = None
         for tile in tiles:
-            parts.append(self._simulate_tile(runner, tile, starts, total, chunk_size, bar))
+            parts.append(self._simulate_tile(runner, tile, windows, total, chunk_size, bar))
             if record_spikes:
                 for name, per_step in runner.spike_counts().items():
                     counts[name] = counts.get(name, 0) + per_step
@@ -262,21 +273,24 @@ class SpikingNetwork(nn.Module):
         self.spike_counts = counts
         if record_spikes:
             self.last_activity = activity
-        return {T: _concatenate([part[T] for part in parts]) for T in steps_wanted}
+        readouts = {key: _concatenate([part[key] for part in parts]) for key in windows}
+        if several:
+            return readouts
+        return {T: readouts[(T, delay)] for T in steps_wanted}
 
     def _simulate_tile(
         self,
         runner: _Runner,
         x: Tensor,
-        starts: dict[int, int],
+        windows: dict[Any, tuple[int, int]],
         total: int,
         chunk: int,
         bar: tqdm,
-    ) -> dict[int, Any]:
-        """Simulate one batch tile and read out every T from prefix sums at the checkpoints."""
+    ) -> dict[Any, Any]:
+        """Simulate one batch tile; read out every window (d, T] from prefix sums."""
         batch = x.shape[0]
         static = runner.run_static(x)
-        checkpoints = sorted({0, *starts.values(), *starts})
+        checkpoints = sorted({0, *(k for window in windows.values() for k in window)})
         prefix: dict[int, list[Tensor]] = {}
         running: list[Tensor] | None = None
         dtypes: list[torch.dtype] = []
@@ -299,10 +313,10 @@ class SpikingNetwork(nn.Module):
             done += steps
             bar.update(steps)
         results = {}
-        for T, d in starts.items():
+        for key, (d, T) in windows.items():
             means = [((end - begin) / (T - d)).to(dtype)
                      for end, begin, dtype in zip(prefix[T], prefix[d], dtypes)]  # fmt: skip
-            results[T] = tree_unflatten(means, spec)
+            results[key] = tree_unflatten(means, spec)
         return results
 
     def _delay_steps(self, T: int, delay: Delay | float) -> float:

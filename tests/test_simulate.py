@@ -77,6 +77,15 @@ def test_one_run_equals_separate_runs(resnet_snn, photo_crops, delay) -> None:
         assert torch.allclose(curve[T], alone, rtol=1e-5, atol=1e-6), T
 
 
+def test_several_delays_from_one_run_equal_separate_runs(resnet_snn, photo_crops) -> None:
+    x = photo_crops[36:38]
+    together = resnet_snn.simulate(x, [8, 20], delay=["auto", "half", 2])
+    assert set(together) == {(T, d) for T in (8, 20) for d in ("auto", "half", 2)}
+    for (T, d), readout in together.items():
+        alone = resnet_snn.simulate(x, [T], delay=d)[T]
+        assert torch.allclose(readout, alone, rtol=1e-5, atol=1e-6), (T, d)
+
+
 def test_chunk_size_and_batch_tiles_do_not_change_the_result(resnet_snn, photo_crops) -> None:
     x = photo_crops[38:40]
     reference = resnet_snn.simulate(x, [12], delay=0, chunk_size=12)[12]

@@ -1,0 +1,107 @@
+"""Measure a scene model's SNN metric over time steps and store it with its zoo entry.
+
+    python -m snnlite.zoo.dense_curves --model scenes_fcn --images 500
+
+Segmentation models (FCN, DeepLabV3) convert whole; detectors (RetinaNet, FCOS) convert
+their network part only and keep torchvision's pipeline (:mod:`snnlite.detection`). Both are
+calibrated with local threshold balancing (channel thresholds, the default 600 updates) on
+training scenes, then evaluated on the first ``--images`` test scenes of the zoo's test split
+at T = 16 ... 512, with the readout delay ``"auto"`` and ``"half"`` read from the same
+simulation (one per batch). The ANN metric (original and clipped) is measured on the same scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import snnlite
+from snnlite import metrics
+from snnlite.detection import convert_detector
+from snnlite.zoo.registry import RESULTS_DIR, info, load
+from snnlite.zoo.scene_eval import NUM_CLASSES, TRAIN_SCENES, load_scenes
+
+TIMESTEPS = (16, 32, 64, 128, 256, 512)
+DELAYS = ("auto", "half")
+
+
+def calibration_batches(scenes: int, batch: int) -> list[torch.Tensor]:
+    """The first ``scenes`` training scenes in batches (the LTB updates cycle over them)."""
+    train = load_scenes(progress=False, **{**TRAIN_SCENES, "num_scenes": scenes})
+    return list(train["images"].split(batch))
+
+
+def measure(
+    name: str,
+    images: int,
+    calibration_scenes: int = 320,
+    calibration_batch: int = 16,
+    timesteps: tuple[int, ...] = TIMESTEPS,
+    batch_size: int = 50,
+    progress: bool = True,
+) -> dict:
+    """ANN metric and SNN curves (delay auto and half) of zoo model ``name``, as a dict."""
+    entry = info(name)
+    model = load(name)
+    test_args = {**entry["extra"]["test_scenes"], "num_scenes": images}
+    test = load_scenes(progress=progress, **test_args)
+    calibration = calibration_batches(calibration_scenes, calibration_batch)
+    started = time.process_time()
+    result: dict = {
+        "model": name,
+        "task": entry["task"],
+        "test_scenes": test_args,
+        "calibration": f"ltb channel, 600 updates on {calibration_scenes} training scenes in "
+        f"batches of {calibration_batch}",
+        "timesteps": list(timesteps),
+    }
+    if entry["task"] == "segmentation":
+        snn = snnlite.convert(model, calibration, progress=progress)
+        x, masks = test["images"], test["semantic"].long()
+        result["ann_miou"] = metrics.ann_miou(model, x, masks, NUM_CLASSES, batch_size)
+        result["relux_miou"] = metrics.ann_miou(snn.relux(), x, masks, NUM_CLASSES, batch_size)
+        curves = metrics.miou_curve(snn, x, masks, NUM_CLASSES, timesteps, list(DELAYS),
+                                    batch_size, progress=progress)  # fmt: skip
+        for delay, curve in curves.items():
+            result[f"snn_miou_{delay}"] = {str(T): v for T, v in curve.items()}
+        network = snn
+    else:
+        options = {"group_norm": "freeze"} if name == "scenes_fcos" else {}
+        detector = convert_detector(model, calibration, progress=progress, **options)
+        x, targets = list(test["images"]), test["targets"]
+        result["ann_map"] = metrics.ann_map(model, x, targets, batch_size)
+        relux = [d for i in range(0, len(x), batch_size)
+                 for d in detector.ann(x[i : i + batch_size])]  # fmt: skip
+        result["relux_map"] = metrics.detection_map(relux, targets)
+        curves = metrics.map_curve(detector, x, targets, timesteps, list(DELAYS), batch_size,
+                                   progress=progress)  # fmt: skip
+        for delay, curve in curves.items():
+            result[f"snn_map_{delay}"] = {str(T): v for T, v in curve.items()}
+        network = detector.snn
+    result["delay_estimate"] = network.delay_estimate
+    result["cpu_minutes"] = round((time.process_time() - started) / 60, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--images", type=int, default=500, help="first N zoo test scenes")
+    parser.add_argument("--calibration-scenes", type=int, default=320)
+    parser.add_argument("--calibration-batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-save", action="store_true", help="print only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if not args.no_save:
+        (RESULTS_DIR / f"{args.model}.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
