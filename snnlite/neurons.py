@@ -27,6 +27,7 @@ __all__ = [
     "ActivationSite",
     "IFNeuron",
     "broadcast_threshold",
+    "events_per_position",
     "integrate_and_fire",
     "rate",
     "relux",
@@ -123,13 +124,25 @@ def integrate_and_fire_torch(
     return spikes, membrane
 
 
-def synaptic_operations(events: Tensor, fanout: Tensor) -> Tensor:
-    """Synapses reached per step: ``sum_{n, i} events[t, n, i] * fanout[i]``, float64 (T,).
+def events_per_position(output: Tensor) -> Tensor:
+    """How many samples have a nonzero output, per step and position: (steps, N, ...) ->
+    (steps, P) integers.
 
-    ``events``: (steps, N, ...) booleans; ``fanout``: one sample's shape (snnlite.energy).
+    Reducing over the batch first, in int16 where it fits (a vectorised byte sum), makes
+    counting spikes and their synaptic operations cost about one pass over the spikes.
     """
-    per_sample = events.flatten(2).to(torch.float64) @ fanout.reshape(-1).to(torch.float64)
-    return per_sample.sum(1)  # (steps, N) -> (steps,)
+    fired = (output != 0).view(torch.uint8)
+    dtype = torch.int16 if output.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
+    return fired.sum(1, dtype=dtype).flatten(1)
+
+
+def synaptic_operations(counts: Tensor, fanout: Tensor) -> Tensor:
+    """Synapses reached per step, float64 (steps,): ``sum_i counts[t, i] * fanout[i]``.
+
+    ``counts``: (steps, P) from :func:`events_per_position`; ``fanout``: one sample's shape,
+    the synapses an event at each position reaches (snnlite.energy).
+    """
+    return counts.to(torch.float64) @ fanout.reshape(-1).to(torch.float64)
 
 
 class ActivationSite(nn.Module):
@@ -191,8 +204,8 @@ class IFNeuron(nn.Module):
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
         spikes, self.membrane = integrate_and_fire(currents, self.membrane, theta, steps)
         if self.record:
-            fired = spikes != 0  # (steps, N, ...)
-            self.spikes_per_step.append(fired.flatten(1).sum(1))
+            counts = events_per_position(spikes)  # (steps, P)
+            self.spikes_per_step.append(counts.sum(1, dtype=torch.int64))
             if self.fanout is not None:
-                self.sops_per_step.append(synaptic_operations(fired, self.fanout))
+                self.sops_per_step.append(synaptic_operations(counts, self.fanout))
         return spikes.reshape(steps * batch, *current.shape[1:])  # a view: no copy

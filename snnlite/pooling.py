@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from snnlite import kernels
-from snnlite.neurons import synaptic_operations
+from snnlite.neurons import events_per_position, synaptic_operations
 
 __all__ = ["GatedMaxPool", "pool_with_indices"]
 
@@ -85,9 +85,9 @@ class GatedMaxPool(nn.Module):
     def forward(self, x: Tensor, steps: int, backend: str = "auto") -> Tensor:
         out = self._pool(x, steps, backend)
         if self.record and self.fanout is not None:
-            passed = (out != 0).view(steps, -1, *out.shape[1:])  # (steps, N, C, ...)
-            self.spikes_per_step.append(passed.flatten(1).sum(1))
-            self.sops_per_step.append(synaptic_operations(passed, self.fanout))
+            counts = events_per_position(out.view(steps, -1, *out.shape[1:]))  # (steps, P)
+            self.spikes_per_step.append(counts.sum(1, dtype=torch.int64))
+            self.sops_per_step.append(synaptic_operations(counts, self.fanout))
         return out
 
     def _pool(self, x: Tensor, steps: int, backend: str) -> Tensor:
