@@ -169,13 +169,23 @@ def _flat_over_time(x: Tensor, like: Tensor) -> Tensor:
 
 
 def pool_windows(pool: torch.nn.MaxPool2d, height: int, width: int) -> Tensor:
-    """(OUT, K) int64: the flat input index of every tap of every window, -1 for padding."""
-    index = torch.arange(1, height * width + 1, dtype=torch.float64).view(1, 1, height, width)
-    taps = torch.nn.functional.unfold(
-        index, pool.kernel_size, dilation=pool.dilation, padding=pool.padding,
-        stride=pool.stride,
-    )  # (1, K, OUT), 0 where the window hangs over the padding
-    return (taps[0].T.round().long() - 1).contiguous()
+    """(OUT, K) int64: the flat input index of every tap of every window, -1 for padding.
+
+    Cached per geometry: ``unfold`` of even a tiny map costs ~17 ms on a CPU (measured), which
+    once per chunk and pool was a tenth of a whole simulation.
+    """
+    key = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, height, width)
+    if key not in _WINDOWS:
+        index = torch.arange(1, height * width + 1, dtype=torch.float64)
+        taps = torch.nn.functional.unfold(
+            index.view(1, 1, height, width), pool.kernel_size, dilation=pool.dilation,
+            padding=pool.padding, stride=pool.stride,
+        )  # (1, K, OUT), 0 where the window hangs over the padding
+        _WINDOWS[key] = (taps[0].T.round().long() - 1).contiguous()
+    return _WINDOWS[key]
+
+
+_WINDOWS: dict[tuple, Tensor] = {}  # pool geometry -> pool_windows(...)
 
 
 def gated_pool_supported(pool: torch.nn.Module, x: Tensor) -> bool:
