@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import inspect
 import math
 import operator
@@ -669,11 +670,12 @@ def energy_row(
 
 
 def energy_table(rows: Iterable[EnergyRow]) -> str:
-    """A markdown table: MACs, SOP90 / SOP95 (with T), FPS/W of ANN and SNN, SNN/ANN ratio."""
+    """A markdown table: MACs, SOP90 / SOP95 (with T), FPS/W of ANN and SNN, SNN/ANN ratio;
+    the last column adds the analog first layer's MACs to the SNN at SOP90."""
     lines = [
         "| model | metric (ANN) | MACs | first-layer MACs | SOP90 (T) | SOP95 (T) | ANN FPS/W "
-        "| SNN FPS/W @90 | ratio @90 | SNN FPS/W @95 | ratio @95 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| SNN FPS/W @90 | ratio @90 | SNN FPS/W @95 | ratio @95 | ratio @90 + first layer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ann = r.ann_fps_per_watt
@@ -683,10 +685,12 @@ def energy_table(rows: Iterable[EnergyRow]) -> str:
             cells.append(("n/a", "n/a") if fps is None else (f"{fps:.4g}", f"{fps / ann:.3g}x"))
         sop_text = ["not reached" if s is None else f"{s[1]:.4g} ({s[0]})"
                     for s in (r.sop90, r.sop95)]  # fmt: skip
+        with_first = dataclasses.replace(r, include_analog=True).snn_fps_per_watt(r.sop90)
+        first = "n/a" if with_first is None else f"{with_first / ann:.3g}x"
         lines.append(
             f"| {r.model} | {r.metric} {r.ann_metric:.4g} | {r.macs:.4g} | {r.analog_macs:.4g} "
             f"| {sop_text[0]} | {sop_text[1]} | {ann:.4g} | {cells[0][0]} | {cells[0][1]} "
-            f"| {cells[1][0]} | {cells[1][1]} |"
+            f"| {cells[1][0]} | {cells[1][1]} | {first} |"
         )
     return "\n".join(lines)
 
@@ -776,7 +780,10 @@ def classification_energy(
 
 
 def _main(argv: list[str] | None = None) -> None:
-    """Energy table of zoo classifiers on Fashion-MNIST (LTB channel-wise, delay auto)."""
+    """Energy tables of zoo classifiers on Fashion-MNIST (LTB channel-wise, delay auto)::
+
+        python -m snnlite.energy --models fmnist_vgg fmnist_resnet --images 500
+    """
     import snnlite
     from snnlite import zoo
     from snnlite.data import fashion_mnist_tensors
@@ -786,7 +793,6 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[4, 8, 12, 16, 24, 32, 48,
                                                                      64, 96, 128, 256])
-    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     test, labels = fashion_mnist_tensors("test")
@@ -797,9 +803,8 @@ def _main(argv: list[str] | None = None) -> None:
         model = zoo.load(name)
         snn = snnlite.convert(model, calibration, progress=False)
         row, activity, curve = classification_energy(
-            name, model, snn, test[: args.images], labels[: args.images], args.timesteps,
-            preset=args.preset,
-        )  # fmt: skip
+            name, model, snn, test[: args.images], labels[: args.images], args.timesteps
+        )
         rows.append(row)
         print(f"\n## {name}\naccuracy over T: "
               + ", ".join(f"T={T}: {100 * a:.1f}%" for T, a in curve.items()))  # fmt: skip
@@ -807,7 +812,10 @@ def _main(argv: list[str] | None = None) -> None:
         print("SOPs per image over T: " + ", ".join(f"T={T}: {s:.4g}" for T, s in sops.items()))
         T = row.sop90[0] if row.sop90 else max(args.timesteps)
         print(f"\nper source at T={T}:\n" + layer_table(activity, T), flush=True)
-    print("\n" + energy_table(rows))
+    for preset in PRESETS.values():
+        print(f"\n### constants '{preset.name}': {preset.joules_per_sop * 1e15:g} fJ per SOP, "
+              f"{preset.joules_per_mac * 1e12:g} pJ per MAC\n")  # fmt: skip
+        print(energy_table(dataclasses.replace(row, preset=preset) for row in rows))
 
 
 if __name__ == "__main__":
