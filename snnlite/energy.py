@@ -35,7 +35,18 @@ simulation and leaves an :class:`Activity` in ``snn.last_activity``; SOPs at T i
 steps (what the hardware spent), whatever the readout window.
 
 Energy per frame = SOPs x E_SOP (+ analog MACs x E_MAC) for the SNN, MACs x E_MAC for the
-ANN; FPS/W = 1 / energy per frame in joules.
+ANN; FPS/W = 1 / energy per frame in joules. Any task (here segmentation)::
+
+    def update(outputs, batch):  # {T: readout} of one recorded simulation
+        for T, out in outputs.items():
+            miou[T].update(out["out"].argmax(1), batch[1])
+
+    activity = energy.recorded_runs(snn, batches, Ts, update)
+    curve = {T: float(miou[T].compute()) for T in Ts}
+    row = energy.energy_row("scenes_fcn", curve, activity.sops_at(Ts), ann_miou,
+                            energy.ann_macs(model, x).total,
+                            energy.analog_macs(snn.ann, x).total, metric="mIoU")
+    print(energy.energy_table([row]))
 """
 
 from __future__ import annotations
