@@ -115,8 +115,21 @@ $(VENDOR_STAMP): $(NPM_STAMP)
 
 vendor: $(VENDOR_STAMP)
 
-book: $(STAMP) data $(VENDOR_STAMP)
-	$(VENV)/bin/jupyter-book build book --builder html --warningiserror --keep-going </dev/null
+# The chapters execute with the parameters of section $(BOOK_PROFILE) of notebooks/params.yml
+# (snnlite.notebook.profile_parameters). jupyter-cache keys on the code cells only, so a change
+# of params.yml drops the execution cache.
+BOOK_PROFILE ?= book
+BOOK_PARAMS := notebooks/params.yml
+BOOK_PARAMS_STAMP := book/_build/.params-$(BOOK_PROFILE)
+
+$(BOOK_PARAMS_STAMP): $(BOOK_PARAMS)
+	rm -rf book/_build/.jupyter_cache book/_build/.params-*
+	mkdir -p book/_build
+	@touch $@
+
+book: $(STAMP) data $(VENDOR_STAMP) $(BOOK_PARAMS_STAMP)
+	SNNLITE_PROFILE=$(BOOK_PROFILE) SNNLITE_PARAMS=$(CURDIR)/$(BOOK_PARAMS) OMP_NUM_THREADS=2 \
+	  $(VENV)/bin/jupyter-book build book --builder html --warningiserror --keep-going </dev/null
 	@echo "book: open book/_build/html/index.html"
 
 # --- Cleaning -----------------------------------------------------------------------------
