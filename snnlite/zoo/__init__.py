@@ -1,12 +1,25 @@
 """snnlite's model zoo: pretrained CNNs to convert, usable offline.
 
 >>> from snnlite import zoo
->>> zoo.list_models()
+>>> zoo.list_models("classification")
 ['fmnist_resnet', 'fmnist_vgg', 'mobilenet_v2_imagenet']
+>>> zoo.list_models("detection")
+['scenes_fcos', 'scenes_retinanet']
 >>> model = zoo.load("fmnist_vgg")   # eval mode, sha256-verified
+
+The ``scenes_*`` models segment / detect Fashion-MNIST items in ``snnlite.data.FashionScenes``
+(96x96); ``zoo.info(name)["extra"]`` names the exact scenes their metrics were measured on.
 """
 
-from snnlite.zoo.models import FashionResNet, FashionVGG
+from snnlite.zoo.models import (
+    FashionResNet,
+    FashionVGG,
+    SceneResNet,
+    scenes_deeplabv3,
+    scenes_fcn,
+    scenes_fcos,
+    scenes_retinanet,
+)
 from snnlite.zoo.registry import (
     REGISTRY,
     WEIGHTS_DIR,
@@ -27,12 +40,17 @@ __all__ = [
     "WEIGHTS_DIR",
     "FashionResNet",
     "FashionVGG",
+    "SceneResNet",
     "WeightsHashError",
     "ZooEntry",
     "build",
     "info",
     "list_models",
     "load",
+    "scenes_deeplabv3",
+    "scenes_fcn",
+    "scenes_fcos",
+    "scenes_retinanet",
     "seed_torchvision_cache",
     "sha256_file",
     "verify_file",

