@@ -11,7 +11,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["accuracy_over_time", "if_trace", "new_figure", "setup"]
+__all__ = ["accuracy_over_time", "if_trace", "markdown_table", "new_figure", "setup"]
 
 
 def setup() -> None:
@@ -39,9 +39,9 @@ def if_trace(
     steps = np.arange(1, len(membrane) + 1)
     ax_u, ax_s = axes
     ax_u.step(np.r_[0, steps], np.r_[theta / 2, membrane.numpy()], where="post", color="C0")
-    ax_u.axhline(theta, color="C3", ls="--", lw=1, label=r"threshold $\theta$")
-    ax_u.set(xlabel="time step t", ylabel="membrane u(t)")
-    ax_u.legend(loc="lower right")
+    ax_u.axhline(theta, color="C3", ls="--", lw=1)
+    ax_u.set(xlabel="time step t", ylabel="membrane u(t)",
+             title=rf"membrane after reset (dashed: $\theta$ = {theta:g})")  # fmt: skip
     fired = steps[spikes.numpy() > 0]
     ax_s.vlines(fired, 0, 1, color="k")
     ax_s.set(xlabel="time step t", yticks=[], xlim=(0, len(membrane) + 1),
@@ -65,3 +65,115 @@ def accuracy_over_time(
     ax.set_xscale("log", base=2)
     ax.set(xlabel="time steps T", ylabel="accuracy (%)" if percent else "accuracy")
     ax.legend()
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3):
+    """A table as rendered Markdown (IPython), floats to ``digits`` significant digits.
+
+    Markdown rather than an image or a pandas frame: it reads well in Jupyter, in the built
+    book and in a diff, and needs no extra dependency.
+    """
+    from IPython.display import Markdown
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.{digits}g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))
+
+
+# --- dense prediction grids (the paper's Figures 4 and 5) --------------------------------
+
+
+def _label_colours(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) RGB in [0, 1]: black background, then a qualitative colour map."""
+    colours = plt.get_cmap("tab20" if num_classes > 11 else "tab10")(np.arange(num_classes - 1))
+    return np.vstack([np.zeros(3), colours[:, :3]])
+
+
+def _show_image(ax: Axes, image: torch.Tensor) -> None:
+    """(3, H, W) in [0, 1] -> the axes, without ticks."""
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def segmentation_grid(
+    images: torch.Tensor,
+    truth: torch.Tensor,
+    ann: torch.Tensor,
+    snn: Mapping[int, torch.Tensor],
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> Figure:
+    """Rows of image | ground truth | ANN | SNN at each T, as label maps (paper's Fig. 4).
+
+    ``images`` (N, 3, H, W) in [0, 1]; ``truth``, ``ann`` and every ``snn[T]`` (N, H, W) int.
+    """
+    num_classes = num_classes or (len(class_names) if class_names else int(truth.max()) + 1)
+    colours = _label_colours(num_classes)
+    titles = ["image", "ground truth", "ANN", *(f"SNN T={T}" for T in snn)]
+    maps = [truth, ann, *snn.values()]
+    n = len(images)
+    fig, axes = plt.subplots(n, len(titles), figsize=(1.6 * len(titles), 1.6 * n), squeeze=False)
+    for row in range(n):
+        _show_image(axes[row, 0], images[row])
+        for col, labels in enumerate(maps, start=1):
+            axes[row, col].imshow(colours[labels[row].cpu().numpy()], interpolation="nearest")
+            axes[row, col].set_xticks([]), axes[row, col].set_yticks([])
+    for col, title in enumerate(titles):
+        axes[0, col].set_title(title, fontsize=9)
+    if class_names:
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in range(num_classes)]
+        fig.legend(handles, class_names, loc="lower center", ncol=min(6, num_classes),
+                   fontsize=7, frameon=False)  # fmt: skip
+        fig.subplots_adjust(bottom=0.12)
+    return fig
+
+
+def _draw_boxes(
+    ax: Axes,
+    found: Mapping[str, torch.Tensor],
+    colours: np.ndarray,
+    class_names: Sequence[str] | None,
+    min_score: float,
+) -> None:
+    scores = found.get("scores", torch.ones(len(found["boxes"])))
+    for box, label, score in zip(found["boxes"], found["labels"], scores):
+        if score < min_score:
+            continue
+        x1, y1, x2, y2 = box.tolist()
+        colour = colours[int(label) % len(colours)]
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, ec=colour))
+        name = class_names[int(label)] if class_names else str(int(label))
+        text = name if "scores" not in found else f"{name} {float(score):.2f}"
+        ax.text(x1, y1, text, fontsize=5, color="white", va="bottom",
+                bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})  # fmt: skip
+
+
+def detection_grid(
+    images: Sequence[torch.Tensor],
+    truth: Sequence[Mapping[str, torch.Tensor]],
+    ann: Sequence[Mapping[str, torch.Tensor]],
+    snn: Mapping[int, Sequence[Mapping[str, torch.Tensor]]],
+    class_names: Sequence[str] | None = None,
+    min_score: float = 0.5,
+) -> Figure:
+    """Rows of ground truth | ANN | SNN at each T, boxes drawn on the image (paper's Fig. 5).
+
+    Detections in torchvision's format; those scoring below ``min_score`` are not drawn.
+    """
+    colours = _label_colours(max(11, len(class_names or ())))  # label k: colour k, as above
+    columns = [("ground truth", truth), ("ANN", ann), *((f"SNN T={T}", d) for T, d in snn.items())]
+    n = len(images)
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.9 * len(columns), 1.9 * n),
+                             squeeze=False)  # fmt: skip
+    for row in range(n):
+        for col, (_, found) in enumerate(columns):
+            _show_image(axes[row, col], images[row])
+            _draw_boxes(axes[row, col], found[row], colours, class_names, min_score)
+    for col, (title, _) in enumerate(columns):
+        axes[0, col].set_title(title, fontsize=9)
+    return fig
