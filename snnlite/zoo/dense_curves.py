@@ -112,11 +112,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500, help="first N zoo test scenes")
     parser.add_argument("--calibration-scenes", type=int, default=320)
     parser.add_argument("--calibration-batch", type=int, default=16)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch)
+    result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
+                     tuple(args.timesteps))  # fmt: skip
     text = json.dumps(result, indent=1)
     print(text)
     if not args.no_save:
