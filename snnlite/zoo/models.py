@@ -236,7 +236,7 @@ def _seg_trunk(blocks: Sequence[int] = (1, 2, 2)) -> nn.Module:
 
 def scenes_fcn(num_classes: int = SCENE_NUM_CLASSES) -> FCN:
     """torchvision ``FCN`` with its ``FCNHead`` on the stride-8 SceneResNet; {"out": logits}."""
-    return FCN(_seg_trunk((1, 1, 1)), FCNHead(128, num_classes), aux_classifier=None)
+    return FCN(_seg_trunk(), FCNHead(128, num_classes), aux_classifier=None)
 
 
 def scenes_deeplabv3(num_classes: int = SCENE_NUM_CLASSES) -> DeepLabV3:

@@ -99,8 +99,8 @@ _DET_INPUTS = ("a list of raw FashionScenes images (3, 96, 96) in [0, 1]; the mo
                "labels 1..10 = SCENE_CLASSES index")
 
 
-def _scenes_command(script: str, name: str, epochs: int) -> str:
-    return (f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} --seed 0 "
+def _scenes_command(script: str, name: str, epochs: int, extra: str = "") -> str:
+    return (f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} {extra}--seed 0 "
             f"--out snnlite/zoo/weights/{name}.pth")
 
 
@@ -174,17 +174,18 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         dataset="FashionScenes-96",
         builder=_models.scenes_fcn,
         file="scenes_fcn.pth",
-        sha256="0d1ab9a648f6ca0e53da5c30cf7d6142056200b544788eea099af101b22ecebc",
-        metrics={"miou": 0.4647},  # all 500 test scenes, 11 classes incl. background
-        params=342947,
+        sha256="e7baf2a767df1af1e3152081aa74b09307982cc2c860c08ecdeaea092dc8e6f7",
+        metrics={"miou": 0.4929},  # all 500 test scenes, 11 classes incl. background
+        params=712355,
         input_shape=(3, 96, 96),
         classes=SCENE_CLASSES,
         train_command=_scenes_command("train_segmentation", "scenes_fcn", 8),
-        train_cpu_minutes=4.7,  # 1 thread, scene generation incl.
+        train_cpu_minutes=6.6,  # 1 thread, scene generation incl.
         description=(
             "torchvision FCN + FCNHead (conv3x3-BN-ReLU-dropout-conv1x1) on a stride-8 "
-            "SceneResNet (conv3x3/2 stem, BasicBlock stages 32/2, 64/2, 128/1: 96->12) wrapped "
-            "in IntermediateLayerGetter; bilinear upsampling to 96x96; no aux classifier."
+            "SceneResNet (conv3x3/2 stem; BasicBlock stages width/stride/blocks 32/2/1, 64/2/2, "
+            "128/1/2: 96->12) in IntermediateLayerGetter; bilinear upsampling to 96x96; no aux "
+            "classifier."
         ),
         extra=_scenes_extra(_SEG_INPUTS),
     ),
@@ -194,13 +195,13 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         dataset="FashionScenes-96",
         builder=_models.scenes_deeplabv3,
         file="scenes_deeplabv3.pth",
-        sha256="0000000000000000000000000000000000000000000000000000000000000000",
-        metrics={"miou": 0.0},  # all 500 test scenes, 11 classes incl. background
-        params=0,
+        sha256="515eda6c6c9149219b84345d237e5a1a42eb1535a8be51ce36c6c10a4fb06d05",
+        metrics={"miou": 0.5113},  # all 500 test scenes, 11 classes incl. background
+        params=971587,
         input_shape=(3, 96, 96),
         classes=SCENE_CLASSES,
-        train_command=_scenes_command("train_segmentation", "scenes_deeplabv3", 1),
-        train_cpu_minutes=0.0,  # 1 thread, scene generation incl.
+        train_command=_scenes_command("train_segmentation", "scenes_deeplabv3", 12),
+        train_cpu_minutes=12.9,  # 1 thread, scene generation incl.
         description=(
             "torchvision DeepLabV3 on the stride-8 SceneResNet of scenes_fcn; DeepLabHead layer "
             "sequence at 64 channels (torchvision ASPP: 1x1, 3x3 at rates 2/4/6, global "
@@ -219,7 +220,7 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         params=1194191,
         input_shape=(3, 96, 96),
         classes=SCENE_CLASSES,
-        train_command=_scenes_command("train_detection", "scenes_retinanet", 10),
+        train_command=_scenes_command("train_detection", "scenes_retinanet", 10, ""),
         train_cpu_minutes=11.8,  # 1 thread, scene generation incl.
         description=(
             "torchvision RetinaNet (default head: 4x conv3x3-ReLU towers, no norm; 9 anchors "
@@ -235,13 +236,13 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         dataset="FashionScenes-96",
         builder=_models.scenes_fcos,
         file="scenes_fcos.pth",
-        sha256="0000000000000000000000000000000000000000000000000000000000000000",
-        metrics={"map": 0.0, "map_50": 0.0},  # COCO box mAP, all 500 test scenes
-        params=0,
+        sha256="2849ca597655c1ee15d50fb9910062e663b410d412941200b5e3ef5a2ca296e4",
+        metrics={"map": 0.3446, "map_50": 0.5057},  # COCO box mAP, all 500 test scenes
+        params=1126552,
         input_shape=(3, 96, 96),
         classes=SCENE_CLASSES,
-        train_command=_scenes_command("train_detection", "scenes_fcos", 1),
-        train_cpu_minutes=0.0,  # 1 thread, scene generation incl.
+        train_command=_scenes_command("train_detection", "scenes_fcos", 5),
+        train_cpu_minutes=5.4,  # 1 thread, scene generation incl.
         description=(
             "torchvision FCOS (default head: 4x conv3x3-GroupNorm(32)-ReLU towers) on the "
             "SceneResNet + FPN + P6/P7 backbone of scenes_retinanet, FrozenBatchNorm2d in the "
