@@ -25,9 +25,10 @@ from snnlite.zoo.scene_eval import TEST_SCENES, detection_metrics, load_scenes, 
 SEGMENTERS = ["scenes_fcn", "scenes_deeplabv3"]
 DETECTORS = ["scenes_retinanet", "scenes_fcos"]
 SUBSET = 64
-# |metric on 64 scenes - metric on all 500| allowed (measured gaps noted in the comments)
+# |metric on 64 scenes - metric on all 500| allowed. Measured gaps: mIoU fcn 0.001,
+# deeplabv3 0.022; mAP / mAP@.5 retinanet 0.001 / 0.001, fcos 0.001 / 0.005.
 MIOU_TOL = 0.04
-MAP_TOL = 0.06
+MAP_TOL = 0.05
 
 
 @pytest.fixture(scope="module")
