@@ -128,7 +128,7 @@ $(BOOK_PARAMS_STAMP): $(BOOK_PARAMS)
 	@touch $@
 
 book: $(STAMP) data $(VENDOR_STAMP) $(BOOK_PARAMS_STAMP)
-	SNNLITE_PROFILE=$(BOOK_PROFILE) SNNLITE_PARAMS=$(CURDIR)/$(BOOK_PARAMS) OMP_NUM_THREADS=2 \
+	SNNLITE_PROFILE=$(BOOK_PROFILE) SNNLITE_PARAMS=$(CURDIR)/$(BOOK_PARAMS) \
 	  $(VENV)/bin/jupyter-book build book --builder html --warningiserror --keep-going </dev/null
 	@echo "book: open book/_build/html/index.html"
 
