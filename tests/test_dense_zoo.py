@@ -1,0 +1,59 @@
+"""The zoo's trained scene models as SNNs: at large T their metric approaches the ANN's.
+
+A small split (the first test scenes) keeps this in CI time; the full curves over all 500
+test scenes are stored with each entry (``snnlite/zoo/results/<name>.json``, made by
+``python -m snnlite.zoo.dense_curves``). Tolerances are stated per test, against the
+calibrated clipped ANN (``relux``) that the SNN converges to, and against the original ANN.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import snnlite
+from snnlite import metrics, zoo
+from snnlite.detection import convert_detector
+from snnlite.zoo.scene_eval import NUM_CLASSES, TEST_SCENES, TRAIN_SCENES, load_scenes
+
+TEST_IMAGES = 24
+CALIBRATION = {"scenes": 64, "batch": 8, "iterations": 200}  # P(z > theta) ~ 1/400
+
+
+@pytest.fixture(scope="module")
+def scenes() -> dict:
+    test = load_scenes(progress=False, **{**TEST_SCENES, "num_scenes": TEST_IMAGES})
+    train = load_scenes(progress=False, **{**TRAIN_SCENES, "num_scenes": CALIBRATION["scenes"]})
+    test["calibration"] = list(train["images"].split(CALIBRATION["batch"]))
+    return test
+
+
+@pytest.mark.parametrize("name", ["scenes_fcn", "scenes_deeplabv3"])
+def test_segmentation_snn_reaches_its_ann(name, scenes):
+    model = zoo.load(name)
+    snn = snnlite.convert(model, scenes["calibration"], iterations=CALIBRATION["iterations"],
+                          progress=False)  # fmt: skip
+    x, masks = scenes["images"], scenes["semantic"].long()
+    ann = metrics.ann_miou(model, x, masks, NUM_CLASSES)
+    relux = metrics.ann_miou(snn.relux(), x, masks, NUM_CLASSES)
+    curve = metrics.miou_curve(snn, x, masks, NUM_CLASSES, [32, 256], progress=False)
+    assert abs(relux - ann) < 0.03, (ann, relux)  # clipping at the thresholds costs little
+    assert abs(curve[256] - relux) < 0.03, (relux, curve)  # the SNN reaches its ANN
+    assert curve[256] > curve[32] - 0.005, curve  # and gets there over time
+
+
+@pytest.mark.parametrize("name", ["scenes_retinanet", "scenes_fcos"])
+def test_detection_snn_reaches_its_ann(name, scenes):
+    model = zoo.load(name)
+    options = {"group_norm": "freeze"} if name == "scenes_fcos" else {}
+    detector = convert_detector(model, scenes["calibration"],
+                                iterations=CALIBRATION["iterations"], progress=False,
+                                **options)  # fmt: skip
+    images, targets = list(scenes["images"]), scenes["targets"]
+    ann = metrics.ann_map(model, images, targets)["map"]
+    relux = metrics.detection_map(detector.ann(images), targets)["map"]
+    curve = metrics.map_curve(detector, images, targets, [32, 256], progress=False)
+    snn = {T: m["map"] for T, m in curve.items()}
+    assert relux > 0.8 * ann, (ann, relux)
+    assert snn[256] > 0.85 * relux, (relux, snn)  # 24 scenes: a loose bound; see results/
+    assert snn[256] > snn[32], snn
+
