@@ -80,7 +80,7 @@ data:
 
 # --- Tests and lint -----------------------------------------------------------------------
 
-test: $(STAMP) data
+test: $(STAMP) data $(VENDOR_STAMP)  # vendored JS: the book render test needs it
 	$(VENV_PY) -m pytest </dev/null
 
 lint: $(STAMP)
