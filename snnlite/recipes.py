@@ -101,7 +101,10 @@ class LocalThresholdBalancing(ThresholdRecipe):
         self.updates += 1
         # clip(z, 0, min(theta, cap)): the original activation (ReLU or ReLU6) capped at the
         # updated theta, in one pass.
-        ceiling = broadcast_threshold(self.theta.clamp(max=self.cap).to(z.dtype), z.dim())
+        ceiling = self.theta.clamp(max=self.cap)
+        if ceiling.dim() == 0:  # a scalar bound: the fast path (tensor bounds are ~5x slower)
+            return z.clamp(min=0.0, max=float(ceiling))
+        ceiling = broadcast_threshold(ceiling.to(z.dtype), z.dim())
         return torch.clamp(z, min=torch.zeros_like(ceiling), max=ceiling)
 
     def _threshold(self) -> Tensor:
