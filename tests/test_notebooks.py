@@ -165,10 +165,11 @@ def test_06_segmentation(run_notebook) -> None:
     _check_keys(r)
     T = max(PARAMS["ci"]["06_segmentation"]["timesteps"])
     for prefix in ("", "deeplabv3_"):
-        # 24 scenes at CI size: the SNN within 2 points of its clipped ANN at the largest T,
-        # clipping within 2 points of the ANN, and better late than early.
-        assert abs(r[f"{prefix}snn_miou_T{T}"] - r[f"{prefix}relux_miou"]) < 0.02
-        assert abs(r[f"{prefix}relux_miou"] - r[f"{prefix}ann_miou"]) < 0.02
+        # 24 scenes at CI size: the SNN within 3 points of its clipped ANN at the largest T,
+        # clipping (200 LTB updates at CI size) within 5 points of the ANN, better late than
+        # early.
+        assert abs(r[f"{prefix}snn_miou_T{T}"] - r[f"{prefix}relux_miou"]) < 0.03
+        assert abs(r[f"{prefix}relux_miou"] - r[f"{prefix}ann_miou"]) < 0.05
         assert r[f"{prefix}snn_miou_T{T}"] > r[f"{prefix}snn_miou_T16"]
 
 
