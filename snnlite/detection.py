@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from snnlite.graph import activation_sites
 from snnlite.network import Delay, SpikingNetwork
 
 __all__ = ["DetectorNetwork", "SpikingDetector", "convert_detector", "postprocess"]
@@ -130,6 +131,17 @@ class SpikingDetector:
         """Detections of the ANN side: the calibrated clipped ANN (``relux``), or the original."""
         batch = transformed_batch(self.detector, images)
         network = self.snn.ann if clipped else DetectorNetwork(self.detector)
+        with torch.no_grad():
+            outputs = network(batch)
+        return postprocess(self.detector, images, outputs, feature_shapes(self.detector, batch))
+
+    def prepared_ann(self, images: Sequence[Tensor]) -> Detections:
+        """Detections of the converted network with every threshold infinite: the ANN after
+        graph preparation alone (BN folded, GroupNorm frozen), i.e. what preparation costs."""
+        network = self.snn.relux()  # a copy: the SNN's thresholds stay as they are
+        for site in activation_sites(network).values():
+            site.threshold = torch.full_like(site.threshold, float("inf"))
+        batch = transformed_batch(self.detector, images)
         with torch.no_grad():
             outputs = network(batch)
         return postprocess(self.detector, images, outputs, feature_shapes(self.detector, batch))

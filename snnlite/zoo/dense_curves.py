@@ -21,7 +21,6 @@ import torch
 import snnlite
 from snnlite import metrics
 from snnlite.detection import convert_detector
-from snnlite.graph import activation_sites
 from snnlite.zoo.registry import RESULTS_DIR, info, load
 from snnlite.zoo.scene_eval import NUM_CLASSES, TRAIN_SCENES, load_scenes
 
@@ -78,9 +77,9 @@ def measure(
                  for d in detector.ann(x[i : i + batch_size])]  # fmt: skip
         result["relux_map"] = metrics.detection_map(relux, targets)
         if options:  # what freezing GroupNorm alone costs the ANN (no thresholds)
-            result["ann_frozen_group_norm_map"] = _frozen_group_norm_map(
-                detector, x, targets, batch_size
-            )
+            frozen = [d for i in range(0, len(x), batch_size)
+                      for d in detector.prepared_ann(x[i : i + batch_size])]  # fmt: skip
+            result["ann_frozen_group_norm_map"] = metrics.detection_map(frozen, targets)
         curves = metrics.map_curve(detector, x, targets, timesteps, list(DELAYS), batch_size,
                                    progress=progress)  # fmt: skip
         for delay, curve in curves.items():
@@ -89,21 +88,6 @@ def measure(
     result["delay_estimate"] = network.delay_estimate
     result["cpu_minutes"] = round((time.process_time() - started) / 60, 1)
     return result
-
-
-def _frozen_group_norm_map(detector, images: list, targets: list, batch_size: int) -> dict:
-    """mAP of the detector with its GroupNorms frozen but every threshold infinite."""
-    unclipped = detector.snn.ann
-    saved = {name: site.threshold for name, site in activation_sites(unclipped).items()}
-    try:
-        for site in activation_sites(unclipped).values():
-            site.threshold = torch.full_like(site.threshold, float("inf"))
-        found = [d for i in range(0, len(images), batch_size)
-                 for d in detector.ann(images[i : i + batch_size])]  # fmt: skip
-    finally:
-        for name, site in activation_sites(unclipped).items():
-            site.threshold = saved[name]
-    return metrics.detection_map(found, targets)
 
 
 def main() -> None:
