@@ -34,7 +34,7 @@ export CI ?= true
 export PIP_NO_INPUT := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv .venv data test lint book vendor clean
+.PHONY: help venv .venv data browser test lint book vendor clean
 
 help:
 	@echo "make test   - set up .venv, fetch data, run the test-suite"
@@ -63,24 +63,32 @@ $(STAMP): pyproject.toml | $(VENV_PY)
 
 # --- Data ---------------------------------------------------------------------------------
 
-# Best effort: Fashion-MNIST comes from the Debian package `dataset-fashion-mnist`.
-# This target never fails; without the package the code falls back to what snnlite.data does.
-data:
-	@if [ -f "$(FMNIST)" ]; then \
-	  echo "data: Fashion-MNIST found in $(dir $(FMNIST))"; \
+# Best effort, never failing: Debian packages the tests and the book use when present.
+#   dataset-fashion-mnist  Fashion-MNIST offline (without it snnlite.data downloads it)
+#   chromium               headless render checks of the built book (skipped without it)
+# As root they are installed with apt-get; otherwise the command to run is printed.
+define apt_install  # $(1): file that proves the package is there, $(2): Debian package
+	@if [ -e "$(1)" ]; then \
+	  echo "system: $(2) present"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  echo "data: installing dataset-fashion-mnist with apt-get"; \
-	  (export DEBIAN_FRONTEND=noninteractive; apt-get update && \
-	   apt-get install -y dataset-fashion-mnist) </dev/null \
-	  || echo "data: apt-get failed; install 'dataset-fashion-mnist' yourself"; \
+	  echo "system: installing $(2) with apt-get"; \
+	  (export DEBIAN_FRONTEND=noninteractive; apt-get install -y $(2) || \
+	   (apt-get update && apt-get install -y $(2))) </dev/null >/dev/null \
+	  || echo "system: apt-get failed; install '$(2)' yourself"; \
 	else \
-	  echo "data: $(FMNIST) is missing. As root run:"; \
-	  echo "        apt-get update && apt-get install -y dataset-fashion-mnist"; \
+	  echo "system: $(2) is missing. As root run: apt-get install -y $(2)"; \
 	fi
+endef
+
+data:
+	$(call apt_install,$(FMNIST),dataset-fashion-mnist)
+
+browser:
+	$(call apt_install,/usr/bin/chromium,chromium)
 
 # --- Tests and lint -----------------------------------------------------------------------
 
-test: $(STAMP) data $(VENDOR_STAMP)  # vendored JS: the book render test needs it
+test: $(STAMP) data browser $(VENDOR_STAMP)  # the book render test needs JS + chromium
 	$(VENV_PY) -m pytest </dev/null
 
 lint: $(STAMP)

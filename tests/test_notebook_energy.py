@@ -1,47 +1,27 @@
 """Chapter 8 (energy): run the notebook with its CI parameters and check the numbers it claims.
 
-The notebook runs once (papermill, into a temporary folder); every test reads the flat
-``08_energy.json`` it wrote. The checks are known values (the paper's arithmetic, fan-outs of
-a padded 3x3 convolution, FPS/W = 1 / joules), equivalences (events counted by re-running
-the first neurons = events recorded in the simulation) and bounds (SOPs grow with T, the SNN
-beats the ANN per watt, accuracy at the largest T close to the ANN's).
+The notebook runs once (the ``run_notebook`` fixture of conftest.py: papermill, into a
+temporary folder); every test reads the flat ``08_energy.json`` it wrote. The checks are known
+values (the paper's arithmetic, fan-outs of a padded 3x3 convolution, FPS/W = 1 / joules),
+equivalences (events counted by re-running the first neurons = events recorded in the
+simulation) and bounds (SOPs grow with T, the SNN beats the ANN per watt, accuracy at the
+largest T close to the ANN's).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 NAME = "08_energy"
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / f"{NAME}.ipynb"
-PARAMS = NOTEBOOK.parent / "params.yml"
 E_SOP, E_MAC = 77e-15, 12.5e-12  # the paper's constants, joules per SOP / per MAC
 
 
-def _ci_parameters() -> dict[str, Any]:
-    """The ci profile's overrides for this notebook ({} if params.yml has none)."""
-    if not PARAMS.is_file():
-        return {}
-    import yaml
-
-    table = yaml.safe_load(PARAMS.read_text()) or {}
-    return dict((table.get("ci") or {}).get(NAME) or {})
-
-
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    papermill = pytest.importorskip("papermill")
-    out = tmp_path_factory.mktemp("energy_notebook")
-    parameters = _ci_parameters() | {"results_dir": str(out)}
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(out / f"{NAME}.ipynb"), parameters=parameters,
-        cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
-    )  # fmt: skip
-    return json.loads((out / f"{NAME}.json").read_text())
+def results(run_notebook) -> dict[str, Any]:
+    return run_notebook(NAME)
 
 
 def _models(results: dict[str, Any]) -> list[str]:

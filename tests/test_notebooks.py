@@ -9,8 +9,6 @@ and cost nothing.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 
@@ -30,7 +28,6 @@ CHAPTERS = [
     for entry in part["chapters"]
     if entry["file"].startswith("notebooks/")
 ]
-CELL_TIMEOUT = 600  # seconds per cell: far above any CI-sized cell, turns a hang into an error
 METRIC_KEY = re.compile(r"^(.*_)?(ann_(accuracy|miou|map)|snn_(accuracy|miou|map)_T\d+)$")
 
 
@@ -60,41 +57,7 @@ def _parameter_names(source: str) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^(\w+)\s*=", source, flags=re.M)}
 
 
-# --- execution ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def run_notebook(tmp_path_factory):
-    """Run a notebook once at its CI parameters; return the numbers it wrote."""
-    papermill = pytest.importorskip("papermill")
-    out = tmp_path_factory.mktemp("notebooks")
-    done: dict[str, dict] = {}
-    env = {key: os.environ.pop(key, None) for key in ("SNNLITE_PROFILE", "SNNLITE_PARAMS")}
-
-    def run(name: str) -> dict:
-        if name not in done:
-            parameters = {**PARAMS["ci"][name], "results_dir": str(out)}
-            for attempt in (1, 2):
-                try:
-                    papermill.execute_notebook(
-                        str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
-                        parameters=parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
-                        progress_bar=False, execution_timeout=CELL_TIMEOUT,
-                    )  # fmt: skip
-                    break
-                except TimeoutError:
-                    # Seen once on a clean clone: the kernel finished a widget cell but its
-                    # reply never reached nbclient (both idle forever). A stuck run is retried
-                    # once in a fresh kernel; a second timeout fails the test.
-                    if attempt == 2:
-                        raise
-            done[name] = json.loads((out / f"{name}.json").read_text())
-        return done[name]
-
-    yield run
-    for key, value in env.items():
-        if value is not None:
-            os.environ[key] = value
+# --- execution (the run_notebook fixture is in conftest.py) ------------------------------
 
 
 def _check_keys(values: dict) -> None:
