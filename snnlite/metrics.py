@@ -54,21 +54,45 @@ def accuracy_curve(
     delay: Delay | float | Sequence[Delay | float] = "auto",
     batch_size: int = 500,
     progress: bool = True,
+    record_spikes: bool = False,
 ) -> dict:
     """Top-1 accuracy of the SNN at every T in ``timesteps``: ``{T: accuracy}``.
 
     Several delays (a list) are read from the same simulation: ``{delay: {T: accuracy}}``.
+    ``record_spikes=True`` also counts events and SOPs in the same simulations and leaves
+    their total over all images in ``snn.last_activity`` (:mod:`snnlite.energy`).
     """
     timesteps = sorted(set(timesteps))
     delays = _delays(delay)
     correct = dict.fromkeys(((T, d) for T in timesteps for d in delays), 0)
     batches = _batches(images, labels, batch_size)
     total = -(-len(images) // batch_size)
+    recorder = _Recorder(snn, record_spikes)
     for x, y in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        outputs = snn.simulate(x, timesteps, delay=delays, progress=False)
+        outputs = snn.simulate(x, timesteps, delay=delays, progress=False,
+                               record_spikes=record_spikes)  # fmt: skip
+        recorder.add()
         for key, logits in outputs.items():
             correct[key] += int((logits.argmax(dim=1) == y).sum())
+    recorder.finish()
     return _by_delay({key: hits / len(images) for key, hits in correct.items()}, delay)
+
+
+class _Recorder:
+    """Sums the activity that each recorded batch leaves in ``snn.last_activity``, so that
+    after the last batch ``snn.last_activity`` covers every image of the evaluation."""
+
+    def __init__(self, snn: SpikingNetwork, record: bool) -> None:
+        self.snn, self.record, self.total = snn, record, None
+
+    def add(self) -> None:
+        if self.record:
+            batch = self.snn.last_activity
+            self.total = batch if self.total is None else self.total.merge(batch)
+
+    def finish(self) -> None:
+        if self.record:
+            self.snn.last_activity = self.total
 
 
 def _delays(delay: Delay | float | Sequence[Delay | float]) -> list:
@@ -179,19 +203,26 @@ def miou_curve(
     batch_size: int = 50,
     ignore_index: int | None = None,
     progress: bool = True,
+    record_spikes: bool = False,
 ) -> dict:
     """mIoU of the SNN at every T in ``timesteps`` (one simulation per batch): ``{T: miou}``.
 
     Several delays (a list) are read from the same simulation: ``{delay: {T: miou}}``.
+    ``record_spikes``: as in :func:`accuracy_curve`.
     """
     timesteps = sorted(set(timesteps))
     delays = _delays(delay)
     preds: dict[tuple, list[Tensor]] = {(T, d): [] for T in timesteps for d in delays}
     total = -(-len(images) // batch_size)
     batches = _batches(images, masks, batch_size)
+    recorder = _Recorder(snn, record_spikes)
     for x, _ in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        for key, output in snn.simulate(x, timesteps, delay=delays, progress=False).items():
+        outputs = snn.simulate(x, timesteps, delay=delays, progress=False,
+                               record_spikes=record_spikes)  # fmt: skip
+        recorder.add()
+        for key, output in outputs.items():
             preds[key].append(_segmentation_logits(output).argmax(dim=1))
+    recorder.finish()
     scores = {key: mean_iou(torch.cat(p), masks, num_classes, ignore_index)
               for key, p in preds.items()}  # fmt: skip
     return _by_delay(scores, delay)
@@ -225,10 +256,13 @@ def map_curve(
     delay: Delay | float | Sequence[Delay | float] = "auto",
     batch_size: int = 50,
     progress: bool = True,
+    record_spikes: bool = False,
 ) -> dict:
     """COCO mAP of a spiking detector at every T (one simulation per batch): ``{T: metrics}``.
 
     Several delays (a list) are read from the same simulation: ``{delay: {T: metrics}}``.
+    ``record_spikes``: as in :func:`accuracy_curve`; the activity is left in
+    ``spiking_detector.snn.last_activity``.
     """
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
@@ -237,8 +271,12 @@ def map_curve(
     preds: dict[tuple, list[dict[str, Tensor]]] = {(T, d): [] for T in timesteps for d in delays}
     total = -(-len(images) // batch_size)
     batches = _image_batches(images, batch_size)
+    recorder = _Recorder(spiking_detector.snn, record_spikes)
     for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        found = spiking_detector.simulate(batch, timesteps, delays, progress=False)
+        found = spiking_detector.simulate(batch, timesteps, delays, progress=False,
+                                          record_spikes=record_spikes)  # fmt: skip
+        recorder.add()
         for key, detections in found.items():
             preds[key].extend(detections)
+    recorder.finish()
     return _by_delay({key: detection_map(p, targets) for key, p in preds.items()}, delay)

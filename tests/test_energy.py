@@ -278,6 +278,25 @@ def test_recording_is_invisible_and_independent_of_chunking(resnet_zoo_snn, fash
     assert set(rates) == set(snn.thresholds) and all(0 <= r <= 1 for r in rates.values())
 
 
+def test_a_metric_curve_records_the_activity_of_all_its_batches(resnet_zoo_snn, fashion) -> None:
+    """accuracy_curve / miou_curve / map_curve with record_spikes=True: the SOPs of the very
+    simulations that gave the metric, summed over their batches (dense_curves' energy)."""
+    from snnlite import metrics
+
+    snn, x, y = resnet_zoo_snn, fashion["test"][:12], fashion["labels"][:12]
+    options = {"delay": 2, "progress": False}
+    plain = metrics.accuracy_curve(snn, x, y, [4, 8], batch_size=5, **options)
+    curve = metrics.accuracy_curve(snn, x, y, [4, 8], batch_size=5, record_spikes=True, **options)
+    batched = snn.last_activity  # three batches: 5 + 5 + 2 images
+    assert curve == plain  # recording changes nothing
+    snn.simulate(x, 8, record_spikes=True, **options)
+    whole = snn.last_activity  # all 12 images in one simulation
+    assert batched.samples == whole.samples == 12
+    assert batched.steps == whole.steps == 8
+    # Other batch sizes round the currents differently: a rare spike may flip.
+    assert torch.allclose(batched.sops_per_image(), whole.sops_per_image(), rtol=1e-3)
+
+
 def test_a_max_pool_on_spike_trains_is_a_source_of_its_own(photo_crops) -> None:
     """Without pool reordering the gated pool passes spikes: its outputs are the events and
     the neuron before it reaches no synapse."""

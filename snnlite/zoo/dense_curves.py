@@ -8,6 +8,11 @@ calibrated with local threshold balancing (channel thresholds, the default 600 u
 training scenes, then evaluated on the first ``--images`` test scenes of the zoo's test split
 at T = 16 ... 512, with the readout delay ``"auto"`` and ``"half"`` read from the same
 simulation (one per batch). The ANN metric (original and clipped) is measured on the same scenes.
+The same simulations count the SNN's synaptic operations (``record_spikes``); the stored
+result also holds the ANN's MACs, so that energy tables of the scene models
+(:mod:`snnlite.energy`) come from the stored numbers::
+
+    python -m snnlite.zoo.dense_curves --table      # energy tables of every stored result
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ import time
 import torch
 
 import snnlite
-from snnlite import metrics
-from snnlite.detection import convert_detector
-from snnlite.zoo.registry import RESULTS_DIR, info, load
+from snnlite import energy, metrics
+from snnlite.detection import DetectorNetwork, convert_detector, transformed_batch
+from snnlite.zoo.registry import RESULTS_DIR, info, list_models, load, snn_accuracy
 from snnlite.zoo.scene_eval import NUM_CLASSES, TRAIN_SCENES, load_scenes
 
 TIMESTEPS = (16, 32, 64, 128, 256, 512)
@@ -64,10 +69,10 @@ def measure(
         result["ann_miou"] = metrics.ann_miou(model, x, masks, NUM_CLASSES, batch_size)
         result["relux_miou"] = metrics.ann_miou(snn.relux(), x, masks, NUM_CLASSES, batch_size)
         curves = metrics.miou_curve(snn, x, masks, NUM_CLASSES, timesteps, list(DELAYS),
-                                    batch_size, progress=progress)  # fmt: skip
+                                    batch_size, progress=progress, record_spikes=True)  # fmt: skip
         for delay, curve in curves.items():
             result[f"snn_miou_{delay}"] = {str(T): v for T, v in curve.items()}
-        network = snn
+        network, ann_network, example = snn, model, x[:1]
     else:
         options = {"group_norm": "freeze"} if name == "scenes_fcos" else {}
         detector = convert_detector(model, calibration, progress=progress, **options)
@@ -81,18 +86,57 @@ def measure(
                       for d in detector.prepared_ann(x[i : i + batch_size])]  # fmt: skip
             result["ann_frozen_group_norm_map"] = metrics.detection_map(frozen, targets)
         curves = metrics.map_curve(detector, x, targets, timesteps, list(DELAYS), batch_size,
-                                   progress=progress)  # fmt: skip
+                                   progress=progress, record_spikes=True)  # fmt: skip
         for delay, curve in curves.items():
             result[f"snn_map_{delay}"] = {str(T): v for T, v in curve.items()}
-        network = detector.snn
+        network, ann_network = detector.snn, DetectorNetwork(model)
+        example = transformed_batch(model, x[:1])  # what the network part sees
+    # Energy: the ANN's MACs per image, those of the layers that see the analog image, and
+    # the SNN's SOPs per image up to each T, all steps counted (the simulations above).
+    result["ann_macs"] = energy.ann_macs(ann_network, example).total
+    result["analog_macs"] = energy.analog_macs(network.ann, example).total
+    sops = network.last_activity.sops_at(timesteps)
+    result["snn_sops"] = {str(T): v for T, v in sops.items()}
     result["delay_estimate"] = network.delay_estimate
     result["cpu_minutes"] = round((time.process_time() - started) / 60, 1)
     return result
 
 
+def energy_row(
+    result: dict, preset: str | energy.EnergyConstants = "paper", delay: str = "auto"
+) -> energy.EnergyRow:
+    """The energy row of a stored result: SOP90 / SOP95 on its curve (mIoU, or COCO mAP
+    @[.5:.95]) with readout delay ``delay``, FPS/W of the ANN and the SNN."""
+    metric = "miou" if result["task"] == "segmentation" else "map"
+
+    def score(value: float | dict) -> float:
+        return value["map"] if isinstance(value, dict) else value
+
+    curve = {int(T): score(v) for T, v in result[f"snn_{metric}_{delay}"].items()}
+    sops = {int(T): v for T, v in result["snn_sops"].items()}
+    return energy.energy_row(
+        result["model"], curve, sops, score(result[f"ann_{metric}"]), result["ann_macs"],
+        result["analog_macs"], metric="mIoU" if metric == "miou" else "mAP", preset=preset,
+    )  # fmt: skip
+
+
+def energy_tables() -> str:
+    """Markdown energy tables (every constant set) of the scene models with stored SOPs."""
+    results = [r for name in list_models() if (r := snn_accuracy(name)) and "snn_sops" in r]
+    parts = []
+    for preset in energy.PRESETS.values():
+        rows = [energy_row(r, preset) for r in results]
+        parts.append(f"constants '{preset.name}' ({preset.joules_per_sop * 1e15:g} fJ per SOP, "
+                     f"{preset.joules_per_mac * 1e12:g} pJ per MAC):\n\n"
+                     + energy.energy_table(rows))  # fmt: skip
+    return "\n\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model")
+    parser.add_argument("--table", action="store_true",
+                        help="print the energy tables of the stored results and stop")
     parser.add_argument("--images", type=int, default=500, help="first N zoo test scenes")
     parser.add_argument("--calibration-scenes", type=int, default=320)
     parser.add_argument("--calibration-batch", type=int, default=16)
@@ -100,6 +144,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.table:
+        print(energy_tables())
+        return
+    if not args.model:
+        parser.error("--model is required (or --table)")
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
                      tuple(args.timesteps))  # fmt: skip

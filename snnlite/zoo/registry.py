@@ -299,8 +299,9 @@ def info(name: str) -> dict:
 
 
 def snn_accuracy(name: str) -> dict | None:
-    """The stored SNN accuracy table of ``name`` (``python -m snnlite.zoo.snn_table``), if any:
-    test accuracy at T = 8 ... 256 for LTB channel/layer, robust-norm and max-norm."""
+    """The stored SNN results of ``name``, if any. A classifier: test accuracy at T = 8 ... 256
+    for LTB channel/layer, robust-norm and max-norm (``python -m snnlite.zoo.snn_table``). A
+    scene model: mIoU / mAP curves, MACs and SOPs (``python -m snnlite.zoo.dense_curves``)."""
     path = RESULTS_DIR / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
