@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -108,6 +109,23 @@ def spikingjelly_runner(model: nn.Module, calibration: list[torch.Tensor]):
     return run
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux: ``VmHWM`` of /proc/self/status, which starts afresh at exec. ``ru_maxrss`` does
+    not: a child inherits its parent's peak through fork + exec, so a benchmark that had
+    grown to 7 GB reported 7 GB for every child it started.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, macOS: B
+
+
 def peak_memory_mb(timesteps: int, batch: int) -> float:
     """Peak resident memory (MB) of a fresh process that converts and simulates T steps.
 
@@ -115,13 +133,13 @@ def peak_memory_mb(timesteps: int, batch: int) -> float:
     simulation's memory is flat in T.
     """
     code = (
-        "import resource, torch, snnlite;"
+        "import torch, snnlite;"
         "from snnlite.data import fashion_mnist_tensors;"
-        "from bench.bench_simulate import load_network;"
+        "from bench.bench_simulate import load_network, peak_rss_mb;"
         "m, _ = load_network(); x, _ = fashion_mnist_tensors('test');"
         f"snn = snnlite.convert(m, [x[:100]], iterations=1, progress=False);"
         f"snn.simulate(x[:{batch}], [{timesteps}], progress=False);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print(peak_rss_mb())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)  # fmt: skip
