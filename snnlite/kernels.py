@@ -22,7 +22,7 @@ try:  # pragma: no cover - exercised where numba is installed
 except ImportError:  # pragma: no cover
     numba = None
 
-__all__ = ["available", "empty_over_time", "integrate_and_fire_cpu"]
+__all__ = ["available", "empty_over_time", "excess_sums", "integrate_and_fire_cpu"]
 
 BLOCK = 512  # neurons per block: their membranes stay in L1 across the steps of a chunk
 
@@ -89,6 +89,22 @@ if numba is not None:
                             winner = j
                     out[t, p, o] = x[t, p, winner]
             sums[p] = s
+
+
+    # reassoc: lets the sum vectorise (the order of a float sum is otherwise fixed, which
+    # keeps it one add at a time); nothing else of fast-math, so inf and NaN stay exact.
+    @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc"})
+    def _excess_plane_sums(z, theta, period, out):  # pragma: no cover
+        """z: (P, L) planes; plane p's threshold is theta[p % period]; out[p] = sum over the
+        plane of max(z - theta, 0), accumulated in float64."""
+        planes, size = z.shape
+        for p in numba.prange(planes):
+            level = theta[p % period]
+            total = 0.0
+            for i in range(size):
+                d = z[p, i] - level
+                total += d if d > 0 else 0.0
+            out[p] = total
 
 
 def _match_torch_threads() -> None:
@@ -230,3 +246,25 @@ def _pooled_size(pool: torch.nn.MaxPool2d, height: int, width: int) -> tuple[int
         (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
         (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
     )
+
+
+def excess_sums(z: Tensor, theta: Tensor) -> Tensor:
+    """Sum of ``max(z - theta, 0)`` per threshold: float64, shape of ``theta``.
+
+    ``z`` is (N, C, ...) and ``theta`` one value per channel (C,) or a scalar (). This is
+    local threshold balancing's statistic (:mod:`snnlite.recipes`); in torch ops it takes
+    three passes and a temporary as large as ``z``, here one read of ``z``, which is what
+    keeps calibration close to the cost of plain inference.
+    """
+    per_channel = theta.dim() == 1
+    if not (available(z) and z.dim() >= 2 and z.is_contiguous()):
+        dims = (0, *range(2, z.dim())) if per_channel else tuple(range(z.dim()))
+        shaped = theta.to(z.dtype).view(-1, *([1] * (z.dim() - 2))) if per_channel else theta
+        return (z - shaped.to(z.dtype)).clamp_(min=0).sum(dim=dims, dtype=torch.float64)
+    _match_torch_threads()
+    n, c = z.shape[:2]
+    planes = z.view(n * c, -1) if per_channel else z.view(n, -1)
+    levels = theta.to(z.dtype).reshape(-1).contiguous()
+    sums = torch.empty(planes.shape[0], dtype=torch.float64)
+    _excess_plane_sums(planes.numpy(), levels.numpy(), levels.numel(), sums.numpy())
+    return sums.view(n, c).sum(0) if per_channel else sums.sum()

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from snnlite.kernels import excess_sums
 from snnlite.neurons import broadcast_threshold
 
 __all__ = ["LocalThresholdBalancing", "MaxNorm", "RobustNorm", "ThresholdRecipe", "make_recipe"]
@@ -87,16 +88,15 @@ class LocalThresholdBalancing(ThresholdRecipe):
         self.updates = 0
 
     def forward(self, z: Tensor) -> Tensor:
-        dims = _reduce_dims(z, self.granularity)
+        _reduce_dims(z, self.granularity)  # refuses a channel threshold without channels
         if self.theta is None:
             shape = () if self.granularity == "layer" else (z.shape[1],)
             self.theta = torch.zeros(shape, dtype=torch.float64, device=z.device)
-        # Two passes over z, one temporary: calibration is meant to cost about as much as
-        # inference, and on a CPU these elementwise passes cost as much as a small conv.
-        theta = broadcast_threshold(self.theta.to(z.dtype), z.dim())
-        excess = (z - theta).clamp_(min=0)  # (z - theta) * H(z - theta)
+        # Two passes over z: the statistic (a fused kernel on CPUs), then the output.
+        # Calibration is meant to cost about as much as inference, and on a CPU each
+        # elementwise pass costs as much as a small conv.
         per_threshold = z.numel() // self.theta.numel()  # values averaged into each theta
-        mean_excess = excess.sum(dim=dims).double() / per_threshold
+        mean_excess = excess_sums(z, self.theta) / per_threshold  # E[(z - theta)+]
         self.theta += self.step_size * 2 * mean_excess
         self.updates += 1
         # clip(z, 0, min(theta, cap)): the original activation (ReLU or ReLU6) capped at the

@@ -49,6 +49,25 @@ def test_large_step_overshoots_and_stays_above_the_data() -> None:
     assert small.threshold() < maximum < large.threshold()
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 9, 11), (6, 13), (3, 4, 1, 1)])
+@pytest.mark.parametrize("granularity", ["channel", "layer"])
+def test_ltb_statistic_fused_equals_the_torch_ops(shape, granularity) -> None:
+    """The fused CPU kernel's E[(z - theta)+] is the plain torch computation's (float64)."""
+    from snnlite.kernels import excess_sums
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(shape, generator=generator)
+    theta = torch.rand(shape[1], generator=generator) if granularity == "channel" else (
+        torch.tensor(0.3))  # fmt: skip
+    dims = (0, *range(2, z.dim())) if granularity == "channel" else tuple(range(z.dim()))
+    levels = theta.view(-1, *[1] * (z.dim() - 2)) if granularity == "channel" else theta
+    expected = (z.double() - levels.double()).clamp(min=0).sum(dims)
+    assert torch.allclose(excess_sums(z, theta), expected, rtol=1e-6)
+    if z.dim() == 4:  # a channels-last input takes the torch path: the same sums
+        other = excess_sums(z.contiguous(memory_format=torch.channels_last), theta)
+        assert torch.allclose(other, expected, rtol=1e-5)
+
+
 def test_ltb_output_uses_the_updated_threshold() -> None:
     recipe = LocalThresholdBalancing("layer")
     z = torch.tensor([[3.0], [1.0], [-1.0]])
