@@ -172,10 +172,16 @@ def main() -> None:
             for batch in calibration:
                 model(batch)
 
-    inference_time = best_time(infer, args.repeats)
+    def calibrate() -> snnlite.SpikingNetwork:
+        return snnlite.convert(model, calibration, iterations=len(calibration), progress=False)
+
+    # The first conversion in a process also loads the numba kernels and warms torch: timed
+    # on its own ("cold"); the ratio compares warm runs, as the inference baseline is.
     start = time.perf_counter()
-    snn = snnlite.convert(model, calibration, iterations=len(calibration), progress=False)
-    calibration_time = time.perf_counter() - start
+    snn = calibrate()
+    cold_calibration_time = time.perf_counter() - start
+    inference_time = best_time(infer, args.repeats)
+    calibration_time = best_time(calibrate, args.repeats)
 
     results: dict[str, float] = {}
 
@@ -219,8 +225,9 @@ def main() -> None:
     ratio = calibration_time / inference_time
     print(f"  calibration / ANN inference  {ratio:.2f}x  (target <= 1.2; "
           f"{calibration_time:.2f} s vs {inference_time:.2f} s, includes tracing and the "
-          "delay estimate)")  # fmt: skip
+          f"delay estimate; the first, cold conversion {cold_calibration_time:.2f} s)")  # fmt: skip
     results["calibration_over_inference"] = ratio
+    results["cold_calibration_over_inference"] = cold_calibration_time / inference_time
 
     if not args.skip_memory:
         probe = min(args.batch, 100)  # T = 1024 on the full batch would take minutes
