@@ -680,30 +680,36 @@ def energy_row(
     )  # fmt: skip
 
 
-def energy_table(rows: Iterable[EnergyRow]) -> str:
+def energy_table(rows: Iterable[EnergyRow], compact: bool = False) -> str:
     """A markdown table: MACs, SOP90 / SOP95 (with T), FPS/W of ANN and SNN, SNN/ANN ratio;
-    the last column adds the analog first layer's MACs to the SNN at SOP90."""
-    lines = [
-        "| model | metric (ANN) | MACs | first-layer MACs | SOP90 (T) | SOP95 (T) | ANN FPS/W "
-        "| SNN FPS/W @90 | ratio @90 | SNN FPS/W @95 | ratio @95 | ratio @90 + first layer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    the last column adds the analog first layer's MACs to the SNN at SOP90.
+
+    ``compact``: only the model, its metric, MACs, SOP90 and the three ratios (a width that
+    fits a book page; the FPS/W themselves follow from MACs and SOPs).
+    """
+    header = ["model", "metric (ANN)", "MACs", "first-layer MACs", "SOP90 (T)", "SOP95 (T)",
+              "ANN FPS/W", "SNN FPS/W @90", "ratio @90", "SNN FPS/W @95", "ratio @95",
+              "ratio @90 + first layer"]  # fmt: skip
+    shown = ["model", "metric (ANN)", "MACs", "SOP90 (T)", "ratio @90", "ratio @95",
+             "ratio @90 + first layer"] if compact else header  # fmt: skip
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for r in rows:
         ann = r.ann_fps_per_watt
-        cells = []
-        for sop in (r.sop90, r.sop95):
-            fps = r.snn_fps_per_watt(sop)
-            cells.append(("n/a", "n/a") if fps is None else (f"{fps:.4g}", f"{fps / ann:.3g}x"))
-        sop_text = ["not reached" if s is None else f"{s[1]:.4g} ({s[0]})"
-                    for s in (r.sop90, r.sop95)]  # fmt: skip
+        fps = [r.snn_fps_per_watt(sop) for sop in (r.sop90, r.sop95)]
         with_first = dataclasses.replace(r, include_analog=True).snn_fps_per_watt(r.sop90)
-        first = "n/a" if with_first is None else f"{with_first / ann:.3g}x"
-        lines.append(
-            f"| {r.model} | {r.metric} {r.ann_metric:.4g} | {r.macs:.4g} | {r.analog_macs:.4g} "
-            f"| {sop_text[0]} | {sop_text[1]} | {ann:.4g} | {cells[0][0]} | {cells[0][1]} "
-            f"| {cells[1][0]} | {cells[1][1]} | {first} |"
-        )
+        sops = ["not reached" if s is None else f"{s[1]:.4g} ({s[0]})" for s in (r.sop90, r.sop95)]
+        values = [r.model, f"{r.metric} {r.ann_metric:.4g}", f"{r.macs:.4g}",
+                  f"{r.analog_macs:.4g}", sops[0], sops[1], f"{ann:.4g}",
+                  _or_na(fps[0], "{:.4g}"), _or_na(fps[0], "{:.3g}x", ann),
+                  _or_na(fps[1], "{:.4g}"), _or_na(fps[1], "{:.3g}x", ann),
+                  _or_na(with_first, "{:.3g}x", ann)]  # fmt: skip
+        cells = dict(zip(header, values))
+        lines.append("| " + " | ".join(cells[name] for name in shown) + " |")
     return "\n".join(lines)
+
+
+def _or_na(value: float | None, form: str, per: float = 1.0) -> str:
+    return "n/a" if value is None else form.format(value / per)
 
 
 def layer_table(activity: Activity, T: int) -> str:
