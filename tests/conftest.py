@@ -82,7 +82,7 @@ def vgg_zoo_snn(request, fashion):
 # --- the book's chapters ------------------------------------------------------------------
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-CELL_TIMEOUT = 600  # seconds per cell: far above any CI-sized cell, turns a hang into an error
+CELL_TIMEOUT = 300  # seconds per cell: 5x the slowest CI-sized cell, turns a hang into an error
 
 
 @pytest.fixture(scope="session")
@@ -110,11 +110,17 @@ def run_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
                         str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
                         parameters=parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
                         progress_bar=False, execution_timeout=CELL_TIMEOUT,
+                        # No Output-widget mimic: while nbclient awaits a cell's reply on the
+                        # shell socket, its mimic sends widget updates on that same socket,
+                        # and now and then the reply's wake-up is lost (jupyter/nbclient#312):
+                        # chapter 1's interact cell hung CI that way, kernel and client idle.
+                        # The tests read the numbers the chapters save, not widget outputs.
+                        widget_registry={},
                     )  # fmt: skip
                     break
                 except TimeoutError:
-                    # A kernel that stops answering (seen with ipykernel 7, now pinned to 6.x)
-                    # is retried once in a fresh kernel; a second timeout fails the test.
+                    # Should a cell still hang, it is retried once in a fresh kernel; a
+                    # second timeout fails the test.
                     if attempt == 2:
                         raise
             done[name] = json.loads((out / f"{name}.json").read_text())
