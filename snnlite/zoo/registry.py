@@ -104,6 +104,23 @@ def _scenes_command(script: str, name: str, epochs: int, extra: str = "") -> str
             f"--out snnlite/zoo/weights/{name}.pth")
 
 
+def _scene_entry(name: str, task: str, epochs: int, train_options: str = "", **fields) -> ZooEntry:
+    """A FashionScenes-96 model: what all four share (data, classes, inputs, how to train)."""
+    script = "train_segmentation" if task == "segmentation" else "train_detection"
+    return ZooEntry(
+        name=name,
+        task=task,
+        dataset="FashionScenes-96",
+        builder=getattr(_models, name),
+        file=f"{name}.pth",
+        input_shape=(3, 96, 96),
+        classes=SCENE_CLASSES,
+        train_command=_scenes_command(script, name, epochs, train_options),
+        extra=_scenes_extra(_SEG_INPUTS if task == "segmentation" else _DET_INPUTS),
+        **fields,
+    )
+
+
 _ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry(
         name="fmnist_vgg",
@@ -168,18 +185,13 @@ _ENTRIES: tuple[ZooEntry, ...] = (
             "weights/mobilenet_v2-b0353104.pth",
         ),
     ),
-    ZooEntry(
-        name="scenes_fcn",
-        task="segmentation",
-        dataset="FashionScenes-96",
-        builder=_models.scenes_fcn,
-        file="scenes_fcn.pth",
+    _scene_entry(
+        "scenes_fcn",
+        "segmentation",
+        8,
         sha256="e7baf2a767df1af1e3152081aa74b09307982cc2c860c08ecdeaea092dc8e6f7",
         metrics={"miou": 0.4929},  # all 500 test scenes, 11 classes incl. background
         params=712355,
-        input_shape=(3, 96, 96),
-        classes=SCENE_CLASSES,
-        train_command=_scenes_command("train_segmentation", "scenes_fcn", 8),
         train_cpu_minutes=6.6,  # 1 thread, scene generation incl.
         description=(
             "torchvision FCN + FCNHead (conv3x3-BN-ReLU-dropout-conv1x1) on a stride-8 "
@@ -187,40 +199,29 @@ _ENTRIES: tuple[ZooEntry, ...] = (
             "128/1/2: 96->12) in IntermediateLayerGetter; bilinear upsampling to 96x96; no aux "
             "classifier."
         ),
-        extra=_scenes_extra(_SEG_INPUTS),
     ),
-    ZooEntry(
-        name="scenes_deeplabv3",
-        task="segmentation",
-        dataset="FashionScenes-96",
-        builder=_models.scenes_deeplabv3,
-        file="scenes_deeplabv3.pth",
+    _scene_entry(
+        "scenes_deeplabv3",
+        "segmentation",
+        12,
         sha256="515eda6c6c9149219b84345d237e5a1a42eb1535a8be51ce36c6c10a4fb06d05",
         metrics={"miou": 0.5113},  # all 500 test scenes, 11 classes incl. background
         params=971587,
-        input_shape=(3, 96, 96),
-        classes=SCENE_CLASSES,
-        train_command=_scenes_command("train_segmentation", "scenes_deeplabv3", 12),
         train_cpu_minutes=12.9,  # 1 thread, scene generation incl.
         description=(
             "torchvision DeepLabV3 on the stride-8 SceneResNet of scenes_fcn; DeepLabHead layer "
             "sequence at 64 channels (torchvision ASPP: 1x1, 3x3 at rates 2/4/6, global "
             "avg-pool branch, 1x1 projection; then conv3x3-BN-ReLU, conv1x1); no aux classifier."
         ),
-        extra=_scenes_extra(_SEG_INPUTS),
     ),
-    ZooEntry(
-        name="scenes_retinanet",
-        task="detection",
-        dataset="FashionScenes-96",
-        builder=_models.scenes_retinanet,
-        file="scenes_retinanet.pth",
+    _scene_entry(
+        "scenes_retinanet",
+        "detection",
+        10,
+        "--lr 0.001 ",
         sha256="3e23ddc2c7d3fe948159acf18e5720030db7aee32f9fb61f8feae4df464a3aaf",
         metrics={"map": 0.1707, "map_50": 0.2908},  # COCO box mAP, all 500 test scenes
         params=1194191,
-        input_shape=(3, 96, 96),
-        classes=SCENE_CLASSES,
-        train_command=_scenes_command("train_detection", "scenes_retinanet", 10, "--lr 0.001 "),
         train_cpu_minutes=11.6,  # 1 thread, scene generation incl.
         description=(
             "torchvision RetinaNet (default head: 4x conv3x3-ReLU towers, no norm; 9 anchors "
@@ -228,27 +229,20 @@ _ENTRIES: tuple[ZooEntry, ...] = (
             "128/2) + BackboneWithFPN (64 ch, LastLevelP6P7: 12, 6, 3, 2, 1 px maps); "
             "FrozenBatchNorm2d in the backbone; min_size = max_size = 96."
         ),
-        extra=_scenes_extra(_DET_INPUTS),
     ),
-    ZooEntry(
-        name="scenes_fcos",
-        task="detection",
-        dataset="FashionScenes-96",
-        builder=_models.scenes_fcos,
-        file="scenes_fcos.pth",
+    _scene_entry(
+        "scenes_fcos",
+        "detection",
+        10,
         sha256="36619eed4d5f9ada3b167ec2fe362e94c06e64447585e472469cde28d7f4f9ae",
         metrics={"map": 0.4818, "map_50": 0.658},  # COCO box mAP, all 500 test scenes
         params=1126552,
-        input_shape=(3, 96, 96),
-        classes=SCENE_CLASSES,
-        train_command=_scenes_command("train_detection", "scenes_fcos", 10),
         train_cpu_minutes=10.5,  # 1 thread, scene generation incl.
         description=(
             "torchvision FCOS (default head: 4x conv3x3-GroupNorm(32)-ReLU towers) on the "
             "SceneResNet + FPN + P6/P7 backbone of scenes_retinanet, FrozenBatchNorm2d in the "
             "backbone; min_size = max_size = 96."
         ),
-        extra=_scenes_extra(_DET_INPUTS),
     ),
 )
 
