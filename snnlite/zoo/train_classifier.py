@@ -16,7 +16,6 @@ records.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -26,7 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from snnlite.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist_tensors
-from snnlite.zoo.registry import build, sha256_file
+from snnlite.zoo import training
+from snnlite.zoo.registry import build
+from snnlite.zoo.training import file_record, reload, save_weights
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -147,41 +148,16 @@ def _train(
     cpu_min = (time.process_time() - cpu0) / 60
     wall_min = (time.time() - wall0) / 60
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    torch.save(state, out)
-
+    save_weights(model, out)
     # Re-measure on the file as stored, loaded into a fresh float32 model.
-    fresh = build(model_name)
-    fresh.load_state_dict(torch.load(out, map_location="cpu", weights_only=True))
-    acc = evaluate(fresh, x_test, y_test)
-    stats = {
-        "model": model_name,
-        "test_accuracy": acc,
-        "cpu_minutes": round(cpu_min, 1),
-        "wall_minutes": round(wall_min, 1),
-        "params": sum(p.numel() for p in fresh.parameters()),
-        "sha256": sha256_file(out),
-        "bytes": out.stat().st_size,
-    }
-    return stats
+    fresh = reload(lambda: build(model_name), out)
+    accuracy = evaluate(fresh, x_test, y_test)
+    return file_record(model_name, fresh, out, cpu_min, wall_min, test_accuracy=accuracy)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    stats = train(args.model, args.epochs, args.seed, args.out, batch_size=args.batch_size,
-                  lr=args.lr, weight_decay=args.weight_decay, threads=args.threads)
-    for k, v in stats.items():
-        print(f"{k}: {v}")
+    training.main(__doc__, train, None, epochs=8, batch_size=128, lr=0.1, weight_decay=5e-4,
+                  argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

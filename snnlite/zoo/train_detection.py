@@ -18,7 +18,6 @@ mAP@.5 of the *saved* file in the frozen-BN zoo model on the test split, the CPU
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -26,8 +25,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from snnlite.zoo import models
+from snnlite.zoo import models, training
 from snnlite.zoo.scene_eval import TEST_SCENES, TRAIN_SCENES, detection_metrics, load_scenes
+from snnlite.zoo.training import file_record, reload, save_weights
 
 MODELS = {"scenes_retinanet": models.scenes_retinanet, "scenes_fcos": models.scenes_fcos}
 
@@ -97,47 +97,19 @@ def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 
     cpu_min = (time.process_time() - cpu0) / 60
     wall_min = (time.time() - wall0) / 60
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
-             if not k.endswith("num_batches_tracked")}
-    torch.save(state, out)
-
+    save_weights(model, out, skip_suffix="num_batches_tracked")
     # Re-measure the file as stored, in the zoo's FrozenBatchNorm2d model, on the test split.
-    fresh = MODELS[model_name]()
-    fresh.load_state_dict(torch.load(out, map_location="cpu", weights_only=True))
+    fresh = reload(MODELS[model_name], out)
     test = load_scenes(**test_args)
     metrics = detection_metrics(fresh, test["images"], test["targets"])
-    from snnlite.zoo.registry import sha256_file
-
-    return {
-        "model": model_name,
-        "test_map": round(metrics["map"], 4),
-        "test_map_50": round(metrics["map_50"], 4),
-        "test_map_75": round(metrics["map_75"], 4),
-        "cpu_minutes": round(cpu_min, 1),
-        "wall_minutes": round(wall_min, 1),
-        "params": sum(p.numel() for p in fresh.parameters()),
-        "sha256": sha256_file(out),
-        "bytes": out.stat().st_size,
-    }
+    return file_record(model_name, fresh, out, cpu_min, wall_min,
+                       test_map=round(metrics["map"], 4), test_map_50=round(metrics["map_50"], 4),
+                       test_map_75=round(metrics["map_75"], 4))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--limit", type=int, default=None, help="scenes per split (smoke test)")
-    args = p.parse_args(argv)
-    stats = train(args.model, args.epochs, args.seed, args.out, args.batch_size, args.lr,
-                  args.weight_decay, threads=args.threads, limit=args.limit)
-    for k, v in stats.items():
-        print(f"{k}: {v}")
+    training.main(__doc__, train, list(MODELS), epochs=10, batch_size=32, lr=2e-3,
+                  weight_decay=1e-4, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

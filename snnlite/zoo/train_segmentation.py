@@ -16,7 +16,6 @@ generation included), the parameter count and the sha256: the numbers the regist
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -24,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from snnlite.zoo import models
+from snnlite.zoo import models, training
 from snnlite.zoo.scene_eval import TEST_SCENES, TRAIN_SCENES, load_scenes, segmentation_miou
+from snnlite.zoo.training import file_record, reload, save_weights
 
 MODELS = {"scenes_fcn": models.scenes_fcn, "scenes_deeplabv3": models.scenes_deeplabv3}
 
@@ -82,42 +82,17 @@ def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 
     cpu_min = (time.process_time() - cpu0) / 60
     wall_min = (time.time() - wall0) / 60
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, out)
-
+    save_weights(model, out)
     # Re-measure on the file as stored, in a fresh model, on the whole test split.
-    fresh = MODELS[model_name]()
-    fresh.load_state_dict(torch.load(out, map_location="cpu", weights_only=True))
+    fresh = reload(MODELS[model_name], out)
     test = load_scenes(**test_args)
-    from snnlite.zoo.registry import sha256_file
-
-    return {
-        "model": model_name,
-        "test_miou": round(segmentation_miou(fresh, test["images"], test["semantic"]), 4),
-        "cpu_minutes": round(cpu_min, 1),
-        "wall_minutes": round(wall_min, 1),
-        "params": sum(p.numel() for p in fresh.parameters()),
-        "sha256": sha256_file(out),
-        "bytes": out.stat().st_size,
-    }
+    miou = segmentation_miou(fresh, test["images"], test["semantic"])
+    return file_record(model_name, fresh, out, cpu_min, wall_min, test_miou=round(miou, 4))
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--limit", type=int, default=None, help="scenes per split (smoke test)")
-    args = p.parse_args(argv)
-    stats = train(args.model, args.epochs, args.seed, args.out, args.batch_size, args.lr,
-                  args.weight_decay, args.threads, args.limit)
-    for k, v in stats.items():
-        print(f"{k}: {v}")
+    training.main(__doc__, train, list(MODELS), epochs=8, batch_size=32, lr=3e-3,
+                  weight_decay=1e-4, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":
