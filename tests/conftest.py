@@ -96,6 +96,11 @@ def run_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     papermill = pytest.importorskip("papermill")
     import yaml
 
+    from snnlite.notebook import headless_widgets
+
+    # Widget cells hung CI (jupyter/nbclient#312: chapter 1's interact cell, kernel and
+    # client idle); papermill runs nbclient in this process.
+    headless_widgets()
     ci = yaml.safe_load((NOTEBOOKS / "params.yml").read_text())["ci"]
     out = tmp_path_factory.mktemp("notebooks")
     done: dict[str, dict] = {}
@@ -110,12 +115,6 @@ def run_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
                         str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
                         parameters=parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
                         progress_bar=False, execution_timeout=CELL_TIMEOUT,
-                        # No Output-widget mimic: while nbclient awaits a cell's reply on the
-                        # shell socket, its mimic sends widget updates on that same socket,
-                        # and now and then the reply's wake-up is lost (jupyter/nbclient#312):
-                        # chapter 1's interact cell hung CI that way, kernel and client idle.
-                        # The tests read the numbers the chapters save, not widget outputs.
-                        widget_registry={},
                     )  # fmt: skip
                     break
                 except TimeoutError:

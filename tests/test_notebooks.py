@@ -156,3 +156,33 @@ def test_07_detection(run_notebook) -> None:
         assert r[f"{prefix}iou50_snn_map_T{T}"] >= r[f"{prefix}snn_map_T{T}"]
     # Freezing GroupNorm's statistics costs the ANN little.
     assert r["fcos_frozen_group_norm_ann_map"] > r["fcos_ann_map"] - 0.05
+
+
+def test_widget_cells_record_outputs_without_messaging_the_kernel(tmp_path) -> None:
+    """headless_widgets (applied by the run_notebook fixture and the book's extension): an
+    interact cell's outputs are still recorded in the widget state, and nbclient's Output
+    widget mimic sends nothing on the shell socket it awaits the cell's reply on (the race
+    behind jupyter/nbclient#312, which hung CI)."""
+    papermill = pytest.importorskip("papermill")
+    from nbclient import output_widget
+
+    from snnlite.notebook import headless_widgets
+
+    headless_widgets()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import ipywidgets as w\nw.interact(lambda x=2: print('x =', x), x=(0, 4));")]
+    nbformat.write(nb, tmp_path / "widget.ipynb")
+    sent = []
+    original = output_widget.OutputWidget._publish_msg
+    output_widget.OutputWidget._publish_msg = lambda self, *a, **k: sent.append(a)
+    try:
+        papermill.execute_notebook(str(tmp_path / "widget.ipynb"), str(tmp_path / "out.ipynb"),
+                                   kernel_name="python3", progress_bar=False)  # fmt: skip
+    finally:
+        output_widget.OutputWidget._publish_msg = original
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    state = out.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    recorded = [m["state"]["outputs"] for m in state.values() if m["model_name"] == "OutputModel"]
+    assert recorded and any("x = 2" in o.get("text", "") for o in recorded[0])
+    assert sent == []
