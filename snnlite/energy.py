@@ -824,15 +824,15 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photo-size", type=int, default=96, help="ImageNet models' crops")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    if any(name.startswith("fmnist") for name in args.models):  # loaded once for all of them
+        test, test_labels = fashion_mnist_tensors("test")
+        fashion_calibration = list(fashion_mnist_tensors("train")[0][:3000].split(50))
     rows = []
     for name in args.models:
         model = zoo.load(name)
         if name.startswith("fmnist"):
-            test, labels = fashion_mnist_tensors("test")
-            train, _ = fashion_mnist_tensors("train")
-            calibration = list(train[:3000].split(50))
-            images, labels, metric = test[: args.images], labels[: args.images], "accuracy"
-            batch = 250
+            calibration, metric, batch = fashion_calibration, "accuracy", 250
+            images, labels = test[: args.images], test_labels[: args.images]
         else:  # an ImageNet model: agreement with the ANN on photo crops
             calibration = list(augmented_crops(320, seed=1, size=args.photo_size).split(16))
             images = augmented_crops(args.images, seed=2, size=args.photo_size)

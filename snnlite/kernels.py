@@ -22,7 +22,7 @@ try:  # pragma: no cover - exercised where numba is installed
 except ImportError:  # pragma: no cover
     numba = None
 
-__all__ = ["available", "empty_over_time", "excess_sums", "integrate_and_fire_cpu"]
+__all__ = ["available", "empty_over_time", "excess_sums_cpu", "integrate_and_fire_cpu"]
 
 BLOCK = 512  # neurons per block: their membranes stay in L1 across the steps of a chunk
 
@@ -248,23 +248,18 @@ def _pooled_size(pool: torch.nn.MaxPool2d, height: int, width: int) -> tuple[int
     )
 
 
-def excess_sums(z: Tensor, theta: Tensor) -> Tensor:
-    """Sum of ``max(z - theta, 0)`` per threshold: float64, shape of ``theta``.
+def excess_sums_cpu(z: Tensor, theta: Tensor) -> Tensor:
+    """Fused sum of ``max(z - theta, 0)`` per threshold: float64, shape of ``theta``.
 
-    ``z`` is (N, C, ...) and ``theta`` one value per channel (C,) or a scalar (). This is
-    local threshold balancing's statistic (:mod:`snnlite.recipes`); in torch ops it takes
-    three passes and a temporary as large as ``z``, here one read of ``z``, which is what
-    keeps calibration close to the cost of plain inference.
+    ``z`` is a contiguous (N, C, ...) CPU tensor (:func:`available`) and ``theta`` one value
+    per channel (C,) or a scalar (). Same contract as :func:`snnlite.recipes.excess_sums`,
+    which dispatches here: torch ops take three passes and a temporary as large as ``z``,
+    this one read of ``z``, which is what keeps calibration close to the cost of inference.
     """
-    per_channel = theta.dim() == 1
-    if not (available(z) and z.dim() >= 2 and z.is_contiguous()):
-        dims = (0, *range(2, z.dim())) if per_channel else tuple(range(z.dim()))
-        shaped = theta.to(z.dtype).view(-1, *([1] * (z.dim() - 2))) if per_channel else theta
-        return (z - shaped.to(z.dtype)).clamp_(min=0).sum(dim=dims, dtype=torch.float64)
     _match_torch_threads()
     n, c = z.shape[:2]
-    planes = z.view(n * c, -1) if per_channel else z.view(n, -1)
+    planes = z.view(n * c, -1) if theta.dim() == 1 else z.view(n, -1)
     levels = theta.to(z.dtype).reshape(-1).contiguous()
     sums = torch.empty(planes.shape[0], dtype=torch.float64)
     _excess_plane_sums(planes.numpy(), levels.numpy(), levels.numel(), sums.numpy())
-    return sums.view(n, c).sum(0) if per_channel else sums.sum()
+    return sums.view(n, c).sum(0) if theta.dim() == 1 else sums.sum()

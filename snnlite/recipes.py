@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from snnlite.kernels import excess_sums
+from snnlite import kernels
 from snnlite.neurons import broadcast_threshold
 
 __all__ = ["LocalThresholdBalancing", "MaxNorm", "RobustNorm", "ThresholdRecipe", "make_recipe"]
@@ -43,6 +43,17 @@ def _reduce_dims(z: Tensor, granularity: Granularity) -> tuple[int, ...]:
     if z.dim() < 2:
         raise ValueError(f"channel thresholds need an (N, C, ...) activation, got {tuple(z.shape)}")
     return (0, *range(2, z.dim()))
+
+
+def excess_sums(z: Tensor, theta: Tensor) -> Tensor:
+    """Sum of ``max(z - theta, 0)`` per threshold (float64, shape of ``theta``): () for a
+    layer threshold, (C,) for channel thresholds of an (N, C, ...) activation. LTB's
+    statistic; a fused kernel on contiguous CPU tensors, torch ops otherwise."""
+    if kernels.available(z) and z.dim() >= 2 and z.is_contiguous():
+        return kernels.excess_sums_cpu(z, theta)
+    dims = _reduce_dims(z, "channel" if theta.dim() == 1 else "layer")
+    excess = (z - broadcast_threshold(theta.to(z.dtype), z.dim())).clamp_(min=0)
+    return excess.sum(dim=dims, dtype=torch.float64)
 
 
 def _per_channel(z: Tensor) -> Tensor:

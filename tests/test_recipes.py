@@ -53,7 +53,7 @@ def test_large_step_overshoots_and_stays_above_the_data() -> None:
 @pytest.mark.parametrize("granularity", ["channel", "layer"])
 def test_ltb_statistic_fused_equals_the_torch_ops(shape, granularity) -> None:
     """The fused CPU kernel's E[(z - theta)+] is the plain torch computation's (float64)."""
-    from snnlite.kernels import excess_sums
+    from snnlite.recipes import excess_sums
 
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(shape, generator=generator)

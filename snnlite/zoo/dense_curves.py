@@ -120,9 +120,14 @@ def energy_row(
     )  # fmt: skip
 
 
+def stored_results() -> dict[str, dict]:
+    """The stored measurements of this script that carry SOPs: {zoo name: result}."""
+    return {name: r for name in list_models() if (r := snn_accuracy(name)) and "snn_sops" in r}
+
+
 def energy_tables() -> str:
     """Markdown energy tables (every constant set) of the scene models with stored SOPs."""
-    results = [r for name in list_models() if (r := snn_accuracy(name)) and "snn_sops" in r]
+    results = stored_results().values()
     parts = []
     for preset in energy.PRESETS.values():
         rows = [energy_row(r, preset) for r in results]
