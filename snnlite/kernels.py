@@ -51,12 +51,13 @@ if numba is not None:
             u = np.empty(n, dtype=membrane.dtype)
             level = np.empty(n, dtype=membrane.dtype)  # where the neuron fires (inf: silent)
             value = np.empty(n, dtype=membrane.dtype)  # what a spike is worth (theta)
-            offset = start % period
+            j = start % period  # theta index of element start + k, without a division each
             for k in range(n):
                 u[k] = membrane[start + k]
-                theta_k = theta[(offset + k) % period]
+                theta_k = theta[j]
                 value[k] = theta_k
                 level[k] = theta_k if theta_k > 0 else np.inf
+                j = j + 1 if j + 1 < period else 0
             for t in range(steps):
                 row = 0 if constant else t
                 for k in range(n):  # branch-free, so it vectorises
@@ -107,7 +108,7 @@ if numba is not None:
             out[p] = total
 
 
-def _match_torch_threads() -> None:
+def match_torch_threads() -> None:
     """Use as many numba threads as torch does: a user who limits torch limits the kernels."""
     wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != wanted:
@@ -146,7 +147,7 @@ def integrate_and_fire_cpu(
     per_sample = per_sample.contiguous(memory_format=_format_of(membrane))
     theta = _flat_in_memory_order(per_sample).numpy()
 
-    _match_torch_threads()
+    match_torch_threads()
     spikes = empty_over_time(membrane, steps)
     layout = _format_of(membrane)
     if constant:
@@ -222,7 +223,7 @@ def gated_max_pool_cpu(
 
     ``running_sum`` (N, C, H, W), contiguous, is updated in place.
     """
-    _match_torch_threads()
+    match_torch_threads()
     n, c, h, w = running_sum.shape
     windows = pool_windows(pool, h, w)
     out_h, out_w = _pooled_size(pool, h, w)
@@ -256,7 +257,7 @@ def excess_sums_cpu(z: Tensor, theta: Tensor) -> Tensor:
     which dispatches here: torch ops take three passes and a temporary as large as ``z``,
     this one read of ``z``, which is what keeps calibration close to the cost of inference.
     """
-    _match_torch_threads()
+    match_torch_threads()
     n, c = z.shape[:2]
     planes = z.view(n * c, -1) if theta.dim() == 1 else z.view(n, -1)
     levels = theta.to(z.dtype).reshape(-1).contiguous()

