@@ -251,36 +251,41 @@ def main() -> None:
     print(f"{'layer':<14}{'density':>8}{'dense+IF ms':>13}{'event ms':>10}{'speed-up':>10}"
           f"{'max rel err':>13}{'spike diffs':>13}")  # fmt: skip
     totals = [0.0, 0.0]
-    steps, batch = args.steps, args.batch
     with torch.no_grad():
         for name, (layer, x) in inputs.items():
-            density = float((x != 0).float().mean())
-            if density > 0.5:  # the first layer: analog input, computed once anyway
+            if float((x != 0).float().mean()) > 0.5:  # the first layer: analog input, run once
                 continue
-            synapse = EventSynapse(layer)
-            current = layer(x)
-            shape = current.shape[1:]
-            theta = current.abs().mean() * 4 * torch.ones(shape[0])  # a firing threshold
-            start = (broadcast_threshold(theta, current.dim()) / 2).expand(batch, *shape)
-            start = start.contiguous()
-
-            def dense():
-                z = layer(x)
-                return integrate_and_fire(z.view(steps, batch, *shape), start.clone(),
-                                          broadcast_threshold(theta, z.dim()))[0]  # fmt: skip
-
-            def event():
-                return synapse.fire(x, steps, start.clone(), theta)
-
-            error = float((synapse(x) - current).abs().max() / current.abs().max())
-            differ = int((event() != dense().reshape(-1, *shape)).sum())
-            t_dense, t_event = best_time(dense, args.repeats), best_time(event, args.repeats)
+            t_dense, t_event = compare(name, layer, x, args.steps, args.batch, args.repeats)
             totals[0] += t_dense
             totals[1] += t_event
-            print(f"{name:<14}{density:>8.3f}{t_dense * 1e3:>13.2f}{t_event * 1e3:>10.2f}"
-                  f"{t_dense / t_event:>9.2f}x{error:>13.1e}{differ:>8d} of {x.shape[0] * shape.numel()}")  # fmt: skip
     print(f"{'all layers':<22}{totals[0] * 1e3:>13.2f}{totals[1] * 1e3:>10.2f}"
           f"{totals[0] / totals[1]:>9.2f}x")  # fmt: skip
+
+
+def compare(
+    name: str, layer: nn.Module, x: Tensor, steps: int, batch: int, repeats: int
+) -> tuple[float, float]:
+    """Check the event-driven layer against the dense one on ``x``, time both, print a row."""
+    synapse = EventSynapse(layer)
+    current = layer(x)
+    shape = current.shape[1:]
+    theta = current.abs().mean() * 4 * torch.ones(shape[0])  # a threshold that fires often
+    start = (broadcast_threshold(theta, current.dim()) / 2).expand(batch, *shape).contiguous()
+
+    def dense() -> Tensor:
+        z = layer(x).view(steps, batch, *shape)
+        return integrate_and_fire(z, start.clone(), broadcast_threshold(theta, z.dim() - 1))[0]
+
+    def event() -> Tensor:
+        return synapse.fire(x, steps, start.clone(), theta)
+
+    error = float((synapse(x) - current).abs().max() / current.abs().max())
+    differ = int((event() != dense().reshape(-1, *shape)).sum())
+    t_dense, t_event = best_time(dense, repeats), best_time(event, repeats)
+    density = float((x != 0).float().mean())
+    print(f"{name:<14}{density:>8.3f}{t_dense * 1e3:>13.2f}{t_event * 1e3:>10.2f}"
+          f"{t_dense / t_event:>9.2f}x{error:>13.1e}{differ:>8d} of {current.numel()}")  # fmt: skip
+    return t_dense, t_event
 
 
 if __name__ == "__main__":
