@@ -16,8 +16,8 @@ zoo VGG really receives in ``simulate``, with snnlite's own tiling.
 
 Finding (bench/README.md, 2026-11-30): on this AVX-512 CPU the dense convolution runs near
 the core's peak, and the event-driven layer with its fused neuron only matches dense
-convolution + fused neuron: 0.7-1.2x on the convolutions, 1.6-2.3x on the small linear
-layers, 0.80-0.92x over all layers. So ``simulate`` keeps the dense path. Where spikes are
+convolution + fused neuron: 0.6-1.25x on the convolutions, 1.6-2.4x on the small linear
+layers, 0.76-0.98x over all layers. So ``simulate`` keeps the dense path. Where spikes are
 sparser or dense arithmetic slower the balance can tip: run this script to see.
 
     python bench/bench_events.py

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -37,15 +38,28 @@ from snnlite.data import fashion_mnist_tensors
 from snnlite.graph import SITES
 
 
-def best_time(run: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` runs after one warm-up (the least disturbed run)."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timings(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each run in every round; the runs take turns within a round.
+
+    In turns, not one after the other: a shared machine's speed drifts over minutes (here
+    the dense bound ranged over 1600-3000 image-steps/s between runs). Runs in one round
+    meet about the same speed, so a ratio taken per round, then the median over rounds,
+    holds even when the absolute rates do not. One warm-up round is not timed.
+    """
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio(slower: list[float], faster: list[float]) -> float:
+    """Median over rounds of ``slower / faster`` (times of the same rounds)."""
+    return statistics.median(s / f for s, f in zip(slower, faster, strict=True))
 
 
 def load_network() -> tuple[nn.Module, str]:
@@ -150,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--timesteps", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calibration-batches", type=int, default=60)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", help="also write the numbers to this file")
@@ -180,14 +194,8 @@ def main() -> None:
     start = time.perf_counter()
     snn = calibrate()
     cold_calibration_time = time.perf_counter() - start
-    inference_time = best_time(infer, args.repeats)
-    calibration_time = best_time(calibrate, args.repeats)
-
-    results: dict[str, float] = {}
-
-    def measure(name: str, run: Callable[[], object]) -> None:
-        results[name] = work / best_time(run, args.repeats)
-        print(f"  {name:<44s} {results[name]:>9.0f} image-steps/s")
+    timed = timings({"inference": infer, "calibration": calibrate}, args.repeats)
+    inference_time, calibration_time = min(timed["inference"]), min(timed["calibration"])
 
     def dense() -> None:
         with torch.no_grad():
@@ -201,32 +209,44 @@ def main() -> None:
         with torch.no_grad():
             model_cl(x_folded)
 
-    print("speed (higher is better):")
-    measure("(a) snnlite simulate", lambda: snn.simulate(x, [steps], progress=False))
-    measure("(a') snnlite simulate, channels_last",
-            lambda: snn.simulate(x, [steps], channels_last=True, progress=False))  # fmt: skip
-    measure("(b) dense bound: T ANN forwards", dense)
-    measure("(b') dense, one batched channels_last call", dense_batched)
-    measure("(c) naive step-by-step loop", lambda: naive_loop(snn, x, steps))
+    runs = {
+        "(a) snnlite simulate": lambda: snn.simulate(x, [steps], progress=False),
+        "(a') snnlite simulate, channels_last":
+            lambda: snn.simulate(x, [steps], channels_last=True, progress=False),
+        "(b) dense bound: T ANN forwards": dense,
+        "(b') dense, one batched channels_last call": dense_batched,
+        "(c) naive step-by-step loop": lambda: naive_loop(snn, x, steps),
+    }  # fmt: skip
     sj = spikingjelly_runner(model, calibration)
     if sj is not None:
-        measure("(d) SpikingJelly 2.0 LTB model", lambda: sj(x, steps))
-    else:
+        runs["(d) SpikingJelly 2.0 LTB model"] = lambda: sj(x, steps)
+    print(f"speed (higher is better; best of {args.repeats} rounds, the runs taken in turns):")
+    times = timings(runs, args.repeats)
+    results: dict[str, float] = {}
+    for name, seconds in times.items():
+        results[name] = work / min(seconds)
+        print(f"  {name:<44s} {results[name]:>9.0f} image-steps/s")
+    if sj is None:
         print("  (d) SpikingJelly not installed: skipped")
 
-    best = max(results["(a) snnlite simulate"], results["(a') snnlite simulate, channels_last"])
-    print("ratios:")
-    print(f"  snnlite / dense bound        {best / results['(b) dense bound: T ANN forwards']:.2f}x"
-          "  (target >= 1.0)")  # fmt: skip
-    print(f"  snnlite / naive loop         {best / results['(c) naive step-by-step loop']:.2f}x")
-    if sj is not None:
-        versus_sj = best / results["(d) SpikingJelly 2.0 LTB model"]
-        print(f"  snnlite / SpikingJelly       {versus_sj:.2f}x  (target >= 1.3)")
-    ratio = calibration_time / inference_time
-    print(f"  calibration / ANN inference  {ratio:.2f}x  (target <= 1.2; "
+    # snnlite's better layout in each round, against each baseline in the same round
+    ours = [min(a, b) for a, b in zip(times["(a) snnlite simulate"],
+                                      times["(a') snnlite simulate, channels_last"])]  # fmt: skip
+    print(f"ratios (median over the {args.repeats} rounds of the ratio within a round):")
+    for label, name, target in (
+        ("snnlite / dense bound", "(b) dense bound: T ANN forwards", ">= 1.0"),
+        ("snnlite / naive loop", "(c) naive step-by-step loop", None),
+        ("snnlite / SpikingJelly", "(d) SpikingJelly 2.0 LTB model", ">= 1.3"),
+    ):
+        if name in times:
+            results[label] = ratio(times[name], ours)
+            note = f"  (target {target})" if target else ""
+            print(f"  {label:<28s} {results[label]:.2f}x{note}")
+    calibration = ratio(timed["calibration"], timed["inference"])
+    print(f"  calibration / ANN inference  {calibration:.2f}x  (target <= 1.2; best "
           f"{calibration_time:.2f} s vs {inference_time:.2f} s, includes tracing and the "
           f"delay estimate; the first, cold conversion {cold_calibration_time:.2f} s)")  # fmt: skip
-    results["calibration_over_inference"] = ratio
+    results["calibration_over_inference"] = calibration
     results["cold_calibration_over_inference"] = cold_calibration_time / inference_time
 
     if not args.skip_memory:

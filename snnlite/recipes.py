@@ -115,6 +115,8 @@ class LocalThresholdBalancing(ThresholdRecipe):
         ceiling = self.theta.clamp(max=self.cap)
         if ceiling.dim() == 0:  # a scalar bound: the fast path (tensor bounds are ~5x slower)
             return z.clamp(min=0.0, max=float(ceiling))
+        if kernels.available(z) and z.dim() >= 2 and z.is_contiguous():
+            return kernels.clip_cpu(z, ceiling)  # channel bounds in one pass
         ceiling = broadcast_threshold(ceiling.to(z.dtype), z.dim())
         return torch.clamp(z, min=torch.zeros_like(ceiling), max=ceiling)
 

@@ -68,6 +68,25 @@ def test_ltb_statistic_fused_equals_the_torch_ops(shape, granularity) -> None:
         assert torch.allclose(other, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 9, 11), (6, 13), (3, 4, 1, 1)])
+def test_ltb_channel_clip_fused_equals_the_torch_clamp(shape) -> None:
+    """LTB's output with channel thresholds (a fused kernel on CPUs) is torch's exact clamp,
+    also for a channel that never fires (threshold 0) and for a channels-last input."""
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(shape, generator=generator).abs()
+    z[:, 0] = -z[:, 0]  # channel 0 never positive: its threshold stays 0
+    inputs = [z]
+    if z.dim() == 4:
+        inputs.append(z.contiguous(memory_format=torch.channels_last))  # the torch path
+    for x in inputs:
+        recipe = LocalThresholdBalancing("channel")
+        out = recipe(x)
+        assert recipe.theta[0] == 0
+        ceiling = recipe.theta.float().view(-1, *[1] * (z.dim() - 2))
+        assert torch.equal(out, torch.minimum(x.clamp(min=0), ceiling))
+        assert not out[:, 0].any()
+
+
 def test_ltb_output_uses_the_updated_threshold() -> None:
     recipe = LocalThresholdBalancing("layer")
     z = torch.tensor([[3.0], [1.0], [-1.0]])
