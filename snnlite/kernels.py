@@ -288,8 +288,9 @@ def clip_cpu(z: Tensor, ceiling: Tensor) -> Tensor:
     """``clip(z, 0, ceiling)`` with one ceiling per channel (C,), in one read of ``z``.
 
     ``z`` is a contiguous (N, C, ...) CPU tensor (:func:`available`). torch's clamp with
-    tensor bounds broadcasts them and runs ~5x slower than with scalar bounds; during LTB
-    calibration that clamp, at every site of every batch, cost more than the convolutions.
+    tensor bounds broadcasts them: on a (100, 32, 28, 28) activation it took 1.85 ms against
+    0.67 ms with scalar bounds, this kernel 1.23 ms (a small share of LTB calibration,
+    whose convolutions cost ~30 ms there, but one paid at every site of every batch).
     """
     match_torch_threads()
     n, c = z.shape[:2]
