@@ -93,18 +93,9 @@ class EventSynapse:
             and x.shape[1] == self.in_channels
         )
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        (ph, pw), (dh, dw) = self.padding, self.dilation
-        return (
-            (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-            (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
-        )
-
     def __call__(self, x: Tensor) -> Tensor:
         """The layer's output for a batch (B, C_in, H, W) or (B, C_in): same as the layer."""
-        out, _ = self._run(x, steps=1, membrane=None, threshold=None)
-        return out
+        return self._run(x, steps=1, membrane=None, threshold=None)
 
     def fire(self, x: Tensor, steps: int, membrane: Tensor, threshold: Tensor) -> Tensor:
         """Layer and IF neuron fused, over a chunk: spikes of the neurons this layer feeds.
@@ -114,17 +105,18 @@ class EventSynapse:
         spikes (steps * N, C_out, ...), exactly as :class:`snnlite.neurons.IFNeuron` would
         produce from this layer's currents (up to the order of the float additions).
         """
-        spikes, _ = self._run(x, steps, membrane, threshold)
-        return spikes
+        return self._run(x, steps, membrane, threshold)
 
     def _run(
         self, x: Tensor, steps: int, membrane: Tensor | None, threshold: Tensor | None
-    ) -> tuple[Tensor, None]:
+    ) -> Tensor:
         if not self.accepts(x):
             raise ValueError(f"event-driven layer: unsupported input {tuple(x.shape)} {x.dtype}")
         batch = x.shape[0] // steps
         height, width = (1, 1) if self.linear else x.shape[2:]
-        out_h, out_w = self.output_size(height, width)
+        out_h, out_w = kernels.window_output_size(
+            (height, width), self.kernel_size, self.stride, self.padding, self.dilation
+        )
         out_shape = (x.shape[0], self.out_channels) + (() if self.linear else (out_h, out_w))
         out = x.new_empty(out_shape)
         fire = membrane is not None
@@ -146,7 +138,7 @@ class EventSynapse:
             fire, u.numpy(), theta.numpy(),
             out.view(steps, batch, self.out_channels, out_h * out_w).numpy(),
         )  # fmt: skip
-        return out, None
+        return out
 
 
 if numba is not None:

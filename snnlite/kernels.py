@@ -28,6 +28,7 @@ __all__ = [
     "empty_over_time",
     "excess_sums_cpu",
     "integrate_and_fire_cpu",
+    "window_output_size",
 ]
 
 BLOCK = 512  # neurons per block: their membranes stay in L1 across the steps of a chunk
@@ -259,11 +260,23 @@ def _pooled_size(pool: torch.nn.MaxPool2d, height: int, width: int) -> tuple[int
     def pair(v):
         return (v, v) if isinstance(v, int) else tuple(v)
 
-    (kh, kw), (sh, sw) = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
-    (ph, pw), (dh, dw) = pair(pool.padding), pair(pool.dilation)
-    return (
-        (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-        (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
+    return window_output_size(
+        (height, width), pair(pool.kernel_size), pair(pool.stride or pool.kernel_size),
+        pair(pool.padding), pair(pool.dilation),
+    )  # fmt: skip
+
+
+def window_output_size(
+    size: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """Output (height, width) of a sliding window (pool or convolution, no ceil mode)."""
+    return tuple(  # type: ignore[return-value]
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, k, s, p, d in zip(size, kernel, stride, padding, dilation, strict=True)
     )
 
 

@@ -45,11 +45,17 @@ def _reduce_dims(z: Tensor, granularity: Granularity) -> tuple[int, ...]:
     return (0, *range(2, z.dim()))
 
 
+def _fused(z: Tensor) -> bool:
+    """Whether LTB's per-plane kernels (:mod:`snnlite.kernels`) take ``z``: a contiguous
+    (N, C, ...) CPU float tensor."""
+    return kernels.available(z) and z.dim() >= 2 and z.is_contiguous()
+
+
 def excess_sums(z: Tensor, theta: Tensor) -> Tensor:
     """Sum of ``max(z - theta, 0)`` per threshold (float64, shape of ``theta``): () for a
     layer threshold, (C,) for channel thresholds of an (N, C, ...) activation. LTB's
     statistic; a fused kernel on contiguous CPU tensors, torch ops otherwise."""
-    if kernels.available(z) and z.dim() >= 2 and z.is_contiguous():
+    if _fused(z):
         return kernels.excess_sums_cpu(z, theta)
     dims = _reduce_dims(z, "channel" if theta.dim() == 1 else "layer")
     excess = (z - broadcast_threshold(theta.to(z.dtype), z.dim())).clamp_(min=0)
@@ -115,7 +121,7 @@ class LocalThresholdBalancing(ThresholdRecipe):
         ceiling = self.theta.clamp(max=self.cap)
         if ceiling.dim() == 0:  # a scalar bound: the fast path (tensor bounds are ~5x slower)
             return z.clamp(min=0.0, max=float(ceiling))
-        if kernels.available(z) and z.dim() >= 2 and z.is_contiguous():
+        if _fused(z):
             return kernels.clip_cpu(z, ceiling)  # channel bounds in one pass
         ceiling = broadcast_threshold(ceiling.to(z.dtype), z.dim())
         return torch.clamp(z, min=torch.zeros_like(ceiling), max=ceiling)
