@@ -8,7 +8,7 @@ batches run, and :class:`snnlite.network.SpikingNetwork` takes the thresholds. N
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -17,6 +17,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from snnlite.graph import SITES, activation_sites, frozen_group_norms, prepare
+from snnlite.latency import (
+    LATENCY_PARTS,
+    TUNING_SAMPLES,
+    check_target,
+    latency_parts_of,
+    tune_for_latency,
+)
 from snnlite.network import MaxPoolMode, SpikingNetwork
 from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 
@@ -40,6 +47,9 @@ def convert(
     keep_analog: Iterable[str] = (),
     group_norm: str = "refuse",
     probe_size: int = 256,
+    target_timesteps: int | None = None,
+    latency_parts: Collection[str] = LATENCY_PARTS,
+    tuning_size: int = TUNING_SAMPLES,
     progress: bool = True,
 ) -> SpikingNetwork:
     """Convert a pretrained CNN into a spiking network, without training.
@@ -67,6 +77,13 @@ def convert(
             averaged over the first ``GROUP_NORM_BATCHES`` calibration batches, so that it
             becomes a per-channel affine (see :mod:`snnlite.groupnorm`; it changes the ANN).
         probe_size: samples of the first calibration batch kept to estimate the delay.
+        target_timesteps: ``None`` (default) gives the paper's network. A number of time
+            steps T tunes the converted network for that latency, still without training
+            (:mod:`snnlite.latency`): T-aware thresholds, a bias correction of each site's
+            mean error at T, and the readout delay that serves T best.
+        latency_parts: which of ``"thresholds"``, ``"bias"`` and ``"delay"`` the tuning
+            for ``target_timesteps`` runs (all by default).
+        tuning_size: calibration images (the first ones) the latency tuning uses.
         progress: show tqdm progress bars (calibration and simulation).
     """
     if not isinstance(model, nn.Module):
@@ -79,6 +96,12 @@ def convert(
         raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
     if max_pool not in ("gated", "current"):
         raise ValueError(f"max_pool must be 'gated' or 'current', got {max_pool!r}")
+    parts = None
+    if target_timesteps is not None:
+        target_timesteps = check_target(target_timesteps)
+        parts = latency_parts_of(latency_parts)
+        if isinstance(tuning_size, bool) or not isinstance(tuning_size, int) or tuning_size < 1:
+            raise ValueError(f"tuning_size must be a positive int, got {tuning_size!r}")
 
     if iterations is None and method == "ltb":
         iterations = LTB_UPDATES
@@ -98,11 +121,15 @@ def convert(
                           percentile=percentile)  # fmt: skip
         for name, site in sites.items()
     }
-    probe = calibrate(ann, recipes, calibration, iterations=iterations, progress=progress)
+    keep = tuning_size if parts is not None else probe_size
+    probe = calibrate(ann, recipes, calibration, iterations=iterations, progress=progress,
+                      keep=keep)  # fmt: skip
     for name, site in sites.items():
         site.threshold = recipes[name].threshold().to(site.threshold.device)
     snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress)
     snn.delay_estimate = snn.estimate_delay(probe[:probe_size])
+    if parts is not None:
+        tune_for_latency(snn, probe[:tuning_size], target_timesteps, parts, progress=progress)
     return snn
 
 
@@ -113,8 +140,10 @@ def calibrate(
     *,
     iterations: int | None = None,
     progress: bool = True,
+    keep: int = 0,
 ) -> Tensor:
-    """Run calibration batches with each site's recipe in its place; return the first batch.
+    """Run calibration batches with each site's recipe in its place; return the first batch
+    (or, with ``keep``, the first ``keep`` calibration samples, which may span batches).
 
     The sites are put back afterwards (their thresholds are the caller's to set).
     """
@@ -122,6 +151,8 @@ def calibrate(
     originals = {name: getattr(container, name) for name in recipes}
     device = _device_of(ann)
     first: Tensor | None = None
+    samples: list[Tensor] = []
+    kept = 0
     try:
         for name, recipe in recipes.items():
             setattr(container, name, recipe)
@@ -135,12 +166,19 @@ def calibrate(
                     raise ValueError(f"calibration batch {index} contains NaN or inf values")
                 if first is None:
                     first = x
+                if kept < keep:
+                    samples.append(x[: keep - kept])
+                    kept += len(samples[-1])
                 ann(x)
     finally:
         for name, site in originals.items():
             setattr(container, name, site)
     if first is None:
         raise ValueError("calibration data is empty: pass an iterable of input batches")
+    if keep > len(first) and len(samples) > 1:
+        if len({tuple(s.shape[1:]) for s in samples}) > 1:
+            raise ValueError("calibration batches have different sample shapes")
+        return torch.cat(samples)
     return first
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from tqdm.auto import tqdm
 
 from snnlite.energy import Activity, fanout_maps, source_name
-from snnlite.graph import ANALOG, SITES, activation_sites
+from snnlite.graph import ANALOG, SITES, activation_sites, site_nodes
 from snnlite.neurons import IFNeuron
 from snnlite.pooling import MAX_POOL_TYPES, GatedMaxPool
 
@@ -320,6 +320,44 @@ class SpikingNetwork(nn.Module):
             results[key] = tree_unflatten(means, spec)
         return results
 
+    @torch.no_grad()
+    def site_rates(
+        self, x: Tensor, timesteps: int, start: int = 0, sites: Iterable[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Average output of activation sites' neurons over the steps ``start < t <= T``.
+
+        Returns ``{site: (N, ...) tensor}``, the spiking counterpart of the clipped ANN's
+        activation at that site. The simulation stops after the last site asked for, so the
+        rates of early layers cost only the layers up to them.
+        """
+        T = _check_timesteps(timesteps)[0]
+        if not 0 <= start < T:
+            raise ValueError(f"start must be in [0, {T}), got {start!r}")
+        self._check_thresholds()
+        nodes = {node.target.split(".", 1)[1]: node for node in site_nodes(self.ann)}
+        wanted = list(nodes) if sites is None else list(sites)
+        unknown = [name for name in wanted if name not in nodes]
+        if unknown:
+            raise KeyError(f"no activation site named {unknown[0]!r}; sites: {list(nodes)}")
+        runner = _Runner(self.ann, self.max_pool, record=False)
+        order = {node: i for i, node in enumerate(runner.nodes)}
+        runner.stop_after = max((nodes[name] for name in wanted), key=order.__getitem__)
+        work = max(1, self.work_bytes // runner.largest_activation_bytes(x[:1]))
+        chunk, tile_size = _tiling(work, T, x.shape[0], None, None)
+        parts: dict[str, list[Tensor]] = {name: [] for name in wanted}
+        for tile in torch.split(x, tile_size):
+            window = _WindowSums(start, tile.shape[0])
+            runner.watch = {nodes[name]: window.watcher(name) for name in wanted}
+            static = runner.run_static(tile)
+            while window.done < T:
+                steps = min(chunk, T - window.done)
+                runner.run_chunk(static, steps, tile.shape[0])
+                window.done += steps
+            for name in wanted:
+                parts[name].append((window.sums[name] / (T - start)).to(x.dtype))
+        runner.reset()
+        return {name: torch.cat(values) for name, values in parts.items()}
+
     def _delay_steps(self, T: int, delay: Delay | float) -> float:
         if delay == "auto":
             if self.delay_estimate is None:
@@ -335,6 +373,25 @@ class SpikingNetwork(nn.Module):
         for name, theta in self.thresholds.items():
             if not torch.isfinite(theta).all():
                 raise ValueError(f"threshold of site {name!r} is not finite: calibrate first")
+
+
+class _WindowSums:
+    """Sums over the steps ``start < t`` of watched values, for one batch tile."""
+
+    def __init__(self, start: int, batch: int) -> None:
+        self.start, self.batch = start, batch
+        self.done = 0  # steps simulated before the current chunk
+        self.sums: dict[str, Tensor] = {}
+
+    def watcher(self, name: str) -> Callable[[Tensor, int], None]:
+        def add(value: Tensor, steps: int) -> None:
+            per_step = value.reshape(steps, self.batch, *value.shape[1:])
+            first = max(0, self.start - self.done)  # the chunk's first step in the window
+            if first < steps:
+                part = per_step[first:].sum(dim=0, dtype=torch.float64)
+                self.sums[name] = self.sums[name] + part if name in self.sums else part
+
+        return add
 
 
 def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
@@ -412,6 +469,10 @@ class _Runner:
                 )
         self.dynamic = self._time_varying()
         self.last_use = self._last_uses()
+        # Observers of time-varying nodes: called with each chunk's value (steps * N, ...) and
+        # the number of steps; a chunk stops after ``stop_after`` (then run_chunk gives None).
+        self.watch: dict[fx.Node, Callable[[Tensor, int], None]] = {}
+        self.stop_after: fx.Node | None = None
 
     def _temporal_twin(self, node: fx.Node, max_pool: MaxPoolMode) -> nn.Module | None:
         if node.meta.get(ANALOG) and node.op in ("call_module", "call_function", "call_method"):
@@ -423,7 +484,8 @@ class _Runner:
         if node.op != "call_module":
             return None
         if str(node.target).startswith(SITES + "."):
-            return IFNeuron(self.ann.get_submodule(node.target).threshold)
+            site = self.ann.get_submodule(node.target)
+            return IFNeuron(site.threshold, site.bias, site.charge)
         module = self.ann.get_submodule(node.target)
         if isinstance(module, MAX_POOL_TYPES) and max_pool == "gated":
             return GatedMaxPool(module)
@@ -532,6 +594,10 @@ class _Runner:
                 else:
                     value = self._call(node, args, kwargs)
             env[node] = value
+            if node in self.watch:
+                self.watch[node](value, steps)
+            if node is self.stop_after:
+                return None
             if sizes is not None and torch.is_tensor(value):
                 sizes.append(value.numel() * value.element_size())
             for arg in node.all_input_nodes:  # free what no later node needs

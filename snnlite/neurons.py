@@ -150,13 +150,25 @@ class ActivationSite(nn.Module):
 
     ``cap`` keeps what the original activation clipped at (6 for ReLU6, inf for ReLU), so a
     site with an infinite threshold computes exactly the original activation.
+
+
+    Two optional buffers are corrections of the *spiking* twin only, set by the low-latency
+    mode (:mod:`snnlite.latency`) and ``None`` otherwise: ``bias``, a current added to the
+    neuron's input at every step, and ``charge``, added to the initial membrane potential
+    ``theta / 2``. The clipped ANN (``forward``) ignores them: it is what the SNN
+    approximates, and they correct the SNN's systematic error against it.
     """
+
+    bias: Tensor | None
+    charge: Tensor | None
 
     def __init__(self, threshold: Tensor | None = None, cap: float = math.inf) -> None:
         super().__init__()
         self.cap = float(cap)
         init = torch.tensor(math.inf) if threshold is None else threshold.detach().clone()
         self.register_buffer("threshold", init)
+        self.register_buffer("bias", None)
+        self.register_buffer("charge", None)
 
     def forward(self, z: Tensor) -> Tensor:
         out = relux(z, self.threshold)
@@ -178,9 +190,13 @@ class IFNeuron(nn.Module):
     second run.
     """
 
-    def __init__(self, threshold: Tensor) -> None:
+    def __init__(
+        self, threshold: Tensor, bias: Tensor | None = None, charge: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.register_buffer("threshold", threshold)
+        self.register_buffer("bias", bias)  # a current added every step (() or (C,))
+        self.register_buffer("charge", charge)  # added to the initial potential theta / 2
         self.membrane: Tensor | None = None
         self.spikes_per_step: list[Tensor] = []
         self.sops_per_step: list[Tensor] = []
@@ -196,11 +212,16 @@ class IFNeuron(nn.Module):
         """current: (steps * N, ...) or, if ``constant``, (N, ...). Returns (steps * N, ...)."""
         batch = current.shape[0] if constant else current.shape[0] // steps
         theta = broadcast_threshold(self.threshold.to(current.dtype), current.dim())
-        if self.membrane is None:  # u(0) = theta / 2
+        if self.membrane is None:  # u(0) = theta / 2 (+ the low-latency charge)
             shape = (batch, *current.shape[1:])
-            self.membrane = (theta / 2).expand(shape).clone(memory_format=torch.preserve_format)
+            start = theta / 2
+            if self.charge is not None:
+                start = start + broadcast_threshold(self.charge.to(current.dtype), current.dim())
+            self.membrane = start.expand(shape).clone(memory_format=torch.preserve_format)
             if current.is_contiguous(memory_format=torch.channels_last) and current.dim() == 4:
                 self.membrane = self.membrane.contiguous(memory_format=torch.channels_last)
+        if self.bias is not None:  # a new tensor: the current may feed other nodes too
+            current = current + broadcast_threshold(self.bias.to(current.dtype), current.dim())
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
         spikes, self.membrane = integrate_and_fire(currents, self.membrane, theta, steps)
         if self.record:

@@ -1,0 +1,384 @@
+"""Low latency, still training-free: tune a converted network for a target number of steps.
+
+Why the paper's network needs long T: under a constant input current ``z`` an IF neuron with
+``u(0) = theta / 2`` outputs the staircase ``psi_T(z; theta)`` (:func:`snnlite.neurons.rate`),
+whose stairs are ``theta / T`` high. Local threshold balancing puts ``theta`` near a high
+percentile of ``z`` whatever T is, so at small T most activations fall on the first stair or
+two: the quantisation error, not the clipping error LTB minimises, dominates.
+
+:func:`tune_for_latency` corrects a converted network for a target T in three inference-only
+parts, each optional (forward passes and closed-form updates; no gradient, no training):
+
+1. **T-aware thresholds.** Each site's (channel's) threshold minimises the error of the
+   neuron's quantised rate against the original activation over calibration activations,
+   ``theta*_T = argmin_theta E[(psi_T(z; theta) - a(z))^2]`` (``a`` = ReLU or ReLU6), site by
+   site in execution order, so each site sees its input as the thresholds above it make it.
+   The objective is piecewise smooth in theta: a grid over fractions of the largest
+   activation finds the basin, a golden-section search refines it (:func:`t_aware_threshold`).
+2. **Bias correction** (the training-free "light" calibration of Li et al., ICML 2021): site by
+   site in execution order, the mean error of the SNN's rate at the target T against the
+   clipped ANN's activation on the same images is measured per channel and subtracted from
+   the neuron's input as a constant current, so the expected error of every site vanishes on
+   the calibration images (:func:`correct_bias`).
+3. **The readout delay** that serves the target T best: among the possible delays, the one
+   whose readout is closest (mean squared error) to the clipped ANN's output on the
+   calibration images (:func:`choose_delay`). Labels are never needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+from tqdm.auto import tqdm
+
+from snnlite.graph import activation_sites
+from snnlite.network import SpikingNetwork, readout_start
+from snnlite.neurons import broadcast_threshold, rate
+
+__all__ = [
+    "LATENCY_PARTS",
+    "LatencyParts",
+    "latency_parts_of",
+    "check_target",
+    "choose_delay",
+    "correct_bias",
+    "quantisation_objective",
+    "site_errors",
+    "t_aware_threshold",
+    "tune_for_latency",
+    "tune_thresholds",
+]
+
+TUNING_SAMPLES = 512  # calibration images the tuning sees (one tensor)
+VALUES_PER_CHANNEL = 2**16  # activations kept per threshold for its 1-D search
+GRID_POINTS = 128  # fractions of the largest activation tried before refining
+BASINS = 4  # best grid points refined (the objective has several local minima)
+BIAS_ROUNDS = 2  # Newton steps per site of the bias correction
+MIN_SLOPE = 0.1  # the smallest slope d(mean rate)/d(bias) a Newton step assumes
+BLOCK_ELEMENTS = 2**23  # values evaluated at once by the objective (memory bound)
+REFINE_STEPS = 24  # golden-section steps: the bracket shrinks to 0.618**24 ~ 1e-5 of its width
+
+
+@dataclass(frozen=True)
+class LatencyParts:
+    """Which parts of the low-latency tuning run (all by default)."""
+
+    thresholds: bool = True
+    bias: bool = True
+    delay: bool = True
+
+
+LATENCY_PARTS = ("thresholds", "bias", "delay")
+
+
+def latency_parts_of(names: Collection[str]) -> LatencyParts:
+    """``LatencyParts`` from part names (any of ``LATENCY_PARTS``); unknown names refused."""
+    if isinstance(names, str):
+        names = (names,)
+    unknown = sorted(set(names) - set(LATENCY_PARTS))
+    if unknown:
+        raise ValueError(f"unknown latency part(s) {unknown}: choose from {LATENCY_PARTS}")
+    return LatencyParts(*(part in names for part in LATENCY_PARTS))
+
+
+def check_target(timesteps: object) -> int:
+    """A target number of time steps: a positive int (numpy ints accepted), else ValueError."""
+    if isinstance(timesteps, bool) or not hasattr(timesteps, "__index__"):
+        raise ValueError(f"target_timesteps must be a positive integer, got {timesteps!r}")
+    value = timesteps.__index__()  # type: ignore[attr-defined]
+    if value <= 0:
+        raise ValueError(f"target_timesteps must be a positive integer, got {timesteps!r}")
+    return value
+
+
+# --- 1. T-aware thresholds -------------------------------------------------------------------
+
+
+def quantisation_objective(
+    z: Tensor, thresholds: Tensor, timesteps: int, cap: float = math.inf
+) -> Tensor:
+    """``sum_i (psi_T(z_i; theta) - a(z_i))^2`` for each row of ``z`` and candidate threshold.
+
+    ``z``: (C, n) activations, one row per threshold; ``thresholds``: (C, G) candidates.
+    Returns (C, G), float64. Sums, not means: rows share n, so the argmin is the same.
+    Candidates are evaluated in blocks of at most ``BLOCK_ELEMENTS`` values at once.
+    """
+    target = z.clamp(min=0, max=cap)[:, None, :]  # the original activation a(z): (C, 1, n)
+    per_block = max(1, BLOCK_ELEMENTS // max(1, z.numel()))
+    errors = []
+    for block in thresholds.split(per_block, dim=1):  # (C, g)
+        difference = rate(z[:, None, :], block[:, :, None], timesteps) - target  # (C, g, n)
+        errors.append(difference.square().sum(dim=2, dtype=torch.float64))
+    return torch.cat(errors, dim=1)
+
+
+def t_aware_threshold(
+    z: Tensor,
+    timesteps: int,
+    cap: float = math.inf,
+    *,
+    grid: int = GRID_POINTS,
+    basins: int = BASINS,
+    refine: int = REFINE_STEPS,
+) -> Tensor:
+    """Per row of ``z`` (C, n), the threshold minimising :func:`quantisation_objective`.
+
+    Candidates are ``k / grid`` of the row's largest activation (capped), k = 1..grid. The
+    objective is piecewise smooth with several local minima (one per stair a large activation
+    can land on), so the ``basins`` best grid points each bracket a golden-section search
+    between their grid neighbours, and the best point found anywhere is kept. A row with no
+    positive value gets 0 (a silent neuron). Returns (C,) in z's dtype.
+    """
+    top = z.amax(dim=1).clamp(min=0, max=cap)  # (C,)
+    fractions = torch.arange(1, grid + 1, dtype=z.dtype, device=z.device) / grid
+    candidates = top[:, None] * fractions  # (C, G)
+    errors = quantisation_objective(z, candidates, timesteps, cap)
+    best = errors.topk(min(basins, grid), dim=1, largest=False).indices  # (C, k)
+    low = top[:, None] * (best.to(z.dtype) / grid)  # the grid point below (0 below the first)
+    high = top[:, None] * ((best + 2).clamp(max=grid).to(z.dtype) / grid)
+    golden = (math.sqrt(5) - 1) / 2
+
+    def objective(theta: Tensor) -> Tensor:  # (C, k) -> (C, k)
+        return quantisation_objective(z, theta, timesteps, cap)
+
+    inner_low, inner_high = high - golden * (high - low), low + golden * (high - low)
+    f_low, f_high = objective(inner_low), objective(inner_high)
+    for _ in range(refine):
+        left = f_low <= f_high  # the minimum lies in [low, inner_high]
+        high = torch.where(left, inner_high, high)
+        low = torch.where(left, low, inner_low)
+        new_low = torch.where(left, high - golden * (high - low), inner_high)
+        new_high = torch.where(left, inner_low, low + golden * (high - low))
+        # One new evaluation per bracket: the inner point that stays inside is reused.
+        fresh = objective(torch.where(left, new_low, new_high))
+        f_low, f_high = (torch.where(left, fresh, f_high), torch.where(left, f_low, fresh))
+        inner_low, inner_high = new_low, new_high
+    found = torch.cat([candidates, inner_low, inner_high], dim=1)
+    found_errors = torch.cat([errors, f_low, f_high], dim=1)
+    theta = found.gather(1, found_errors.argmin(dim=1, keepdim=True))[:, 0]
+    return torch.where(top > 0, theta, torch.zeros_like(theta))
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the value it wanted is seen."""
+
+
+def _site_inputs(ann: fx.GraphModule, name: str, inputs: Sequence[Tensor]) -> Tensor:
+    """The input current of one site on every batch of ``inputs``, (N, ...); each forward
+    pass stops at the site."""
+    site = activation_sites(ann)[name]
+    seen: list[Tensor] = []
+
+    def grab(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        seen.append(args[0].detach())
+        raise _Stop
+
+    handle = site.register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                try:
+                    ann(x)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def _rows(z: Tensor, channelwise: bool, generator: torch.Generator) -> Tensor:
+    """Activations as rows, one per threshold: (C, n) or (1, n), at most VALUES_PER_CHANNEL
+    values each (a seeded random sample of positions)."""
+    rows = z.transpose(0, 1).reshape(z.shape[1], -1) if channelwise else z.reshape(1, -1)
+    if rows.shape[1] > VALUES_PER_CHANNEL:
+        pick = torch.randperm(rows.shape[1], generator=generator)[:VALUES_PER_CHANNEL]
+        rows = rows[:, pick.to(rows.device)]
+    return rows
+
+
+def tune_thresholds(
+    ann: fx.GraphModule,
+    inputs: Sequence[Tensor],
+    timesteps: int,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
+    """Set every site's threshold to its T-aware value, site by site in execution order
+    (each site's input computed with the thresholds already tuned above it)."""
+    generator = torch.Generator().manual_seed(seed)
+    sites = activation_sites(ann)
+    for name, site in tqdm(sites.items(), desc="T-aware thresholds", unit="site",
+                           disable=not progress, leave=False):  # fmt: skip
+        z = _site_inputs(ann, name, inputs)
+        channelwise = site.threshold.dim() == 1
+        theta = t_aware_threshold(_rows(z.float(), channelwise, generator), timesteps, site.cap)
+        site.threshold = (theta if channelwise else theta[0]).to(site.threshold)
+
+
+# --- 2. bias correction ----------------------------------------------------------------------
+
+
+def _reduce_dims(value: Tensor, channelwise: bool) -> tuple[int, ...]:
+    """Dims averaged into one threshold's statistic: all but the channel dim, or all."""
+    return (0, *range(2, value.dim())) if channelwise else tuple(range(value.dim()))
+
+
+def _site_statistics(
+    ann: fx.GraphModule, inputs: Sequence[Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per site and threshold entry, over the inputs: the mean clipped-ANN activation, and
+    the fraction of activations strictly between 0 and theta (where a small change of the
+    input current moves the output one for one: the slope a bias correction sees)."""
+    sums: dict[str, Tensor] = {}
+    linear: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    sites = activation_sites(ann)
+
+    def record(name: str, site: nn.Module) -> Callable:
+        channelwise = site.threshold.dim() == 1
+
+        def hook(_module: nn.Module, _args: tuple, out: Tensor) -> None:
+            dims = _reduce_dims(out, channelwise)
+            theta = broadcast_threshold(site.threshold.to(out.dtype), out.dim())
+            inside = ((out > 0) & (out < theta)).to(out.dtype)
+            total = out.sum(dim=dims, dtype=torch.float64)
+            moving = inside.sum(dim=dims, dtype=torch.float64)
+            sums[name] = sums[name] + total if name in sums else total
+            linear[name] = linear[name] + moving if name in linear else moving
+            counts[name] = counts.get(name, 0) + out.numel() // max(1, total.numel())
+
+        return hook
+
+    handles = [site.register_forward_hook(record(name, site)) for name, site in sites.items()]
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                ann(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    means = {name: sums[name] / counts[name] for name in sums}
+    slopes = {name: linear[name] / counts[name] for name in linear}
+    return means, slopes
+
+
+def site_errors(
+    snn: SpikingNetwork, inputs: Tensor, timesteps: int, start: int = 0
+) -> dict[str, Tensor]:
+    """``{site: E[rate - a]}`` per threshold entry: the SNN's mean rate over the window
+    ``start < t <= T`` against the clipped ANN's mean activation, on ``inputs``."""
+    means, _ = _site_statistics(snn.ann, [inputs])
+    rates = snn.site_rates(inputs, timesteps, start)
+    sites = activation_sites(snn.ann)
+    return {
+        name: (
+            rates[name].mean(dim=_reduce_dims(rates[name], sites[name].threshold.dim() == 1),
+                             dtype=torch.float64) - means[name]
+        ).float()
+        for name in sites
+    }  # fmt: skip
+
+
+def correct_bias(
+    snn: SpikingNetwork,
+    inputs: Tensor,
+    timesteps: int,
+    start: int = 0,
+    *,
+    rounds: int = BIAS_ROUNDS,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Zero each site's mean error at T on ``inputs``, site by site in execution order.
+
+    For site l, ``mu_l = E[rate_l - a_l]`` per channel: the SNN's rate over the readout
+    window ``start < t <= T`` (with the corrections already made above l) against the clipped
+    ANN's activation on the same images. A constant current ``b_l`` added to the neuron's
+    input every step moves the mean rate only where the neuron is neither silent nor
+    saturated, so each round takes a Newton step ``b_l -= mu_l / s_l`` with ``s_l`` the
+    fraction of the channel's clipped-ANN activations strictly inside ``(0, theta)``
+    (at least ``MIN_SLOPE``). Returns the errors measured before correction ``{site: mu}``.
+    """
+    sites = activation_sites(snn.ann)
+    targets, slopes = _site_statistics(snn.ann, [inputs])
+    errors: dict[str, Tensor] = {}
+    for name, site in tqdm(sites.items(), desc="bias correction", unit="site",
+                           disable=not progress, leave=False):  # fmt: skip
+        channelwise = site.threshold.dim() == 1
+        for round_ in range(rounds):
+            rates = snn.site_rates(inputs, timesteps, start, sites=[name])[name]
+            mean = rates.mean(dim=_reduce_dims(rates, channelwise), dtype=torch.float64)
+            mu = mean - targets[name]
+            if round_ == 0:
+                errors[name] = mu.float()
+            step = -(mu / slopes[name].clamp(min=MIN_SLOPE)).to(site.threshold.dtype)
+            site.bias = step if site.bias is None else site.bias + step
+    return errors
+
+
+# --- 3. the readout delay --------------------------------------------------------------------
+
+
+def _output_error(readout: object, reference: object) -> float:
+    """Mean squared error between two network outputs (any nesting of tensors)."""
+    got, _ = tree_flatten(readout)
+    want, _ = tree_flatten(reference)
+    total = sum(float((g.double() - w.double()).square().sum()) for g, w in zip(got, want))
+    return total / max(1, sum(w.numel() for w in want))
+
+
+def choose_delay(snn: SpikingNetwork, inputs: Tensor, timesteps: int) -> int:
+    """The delay (in steps) whose readout at T is closest to the clipped ANN's output.
+
+    Every delay ``0 .. T - MIN_WINDOW`` is read from one simulation. Ties go to the shorter
+    delay.
+    """
+    candidates = sorted({readout_start(timesteps, d) for d in range(timesteps)})
+    with torch.no_grad():
+        reference = snn.ann(inputs)
+    readouts = snn.simulate(inputs, [timesteps], delay=candidates, progress=False)
+    errors = {d: _output_error(readouts[(timesteps, d)], reference) for d in candidates}
+    return min(candidates, key=lambda d: (errors[d], d))
+
+
+# --- all parts -------------------------------------------------------------------------------
+
+
+def tune_for_latency(
+    snn: SpikingNetwork,
+    inputs: Tensor,
+    timesteps: int,
+    parts: LatencyParts = LatencyParts(),
+    *,
+    progress: bool = True,
+) -> SpikingNetwork:
+    """Tune a converted network for ``timesteps`` in place (see the module docstring).
+
+    ``inputs``: calibration images as one (N, ...) tensor (a few hundred are enough). The
+    thresholds come first (they change the clipped ANN), then the delay (the readout rule
+    that the bias correction must serve), then the bias correction, then the delay again.
+    Sets ``snn.delay_estimate`` to the chosen delay when ``parts.delay``.
+    """
+    timesteps = check_target(timesteps)
+    batches = list(torch.split(inputs, 128))
+    if parts.thresholds:
+        tune_thresholds(snn.ann, batches, timesteps, progress=progress)
+        if not parts.delay:
+            snn.delay_estimate = snn.estimate_delay(inputs[:256])
+    start = 0
+    if parts.delay:
+        snn.delay_estimate = float(choose_delay(snn, inputs, timesteps))
+        start = readout_start(timesteps, snn.delay_estimate)
+    elif snn.delay_estimate is not None:
+        start = readout_start(timesteps, snn.delay_estimate)
+    if parts.bias:
+        correct_bias(snn, inputs, timesteps, start, progress=progress)
+        if parts.delay:
+            snn.delay_estimate = float(choose_delay(snn, inputs, timesteps))
+    return snn

@@ -1,0 +1,148 @@
+"""Low-latency tuning: T-aware thresholds, bias correction, delay choice, and the API."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import snnlite
+from snnlite.graph import activation_sites
+from snnlite.latency import (
+    _site_inputs,
+    correct_bias,
+    latency_parts_of,
+    quantisation_objective,
+    site_errors,
+    t_aware_threshold,
+)
+from snnlite.neurons import rate
+
+
+def _distributions() -> dict[str, torch.Tensor]:
+    """Rows of activations of different shapes, half of them negative (ReLU inputs)."""
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    normal = torch.randn(n, generator=g)
+    return {
+        "normal": normal,
+        "exponential": torch.empty(n).exponential_(generator=g) - 0.5,
+        "uniform": torch.rand(n, generator=g) * 3 - 1,
+        "heavy tail": torch.randn(n, generator=g) / torch.rand(n, generator=g).clamp(min=0.05),
+        "two modes": torch.cat([torch.randn(n // 2, generator=g) * 0.1 + 0.3,
+                                torch.randn(n // 2, generator=g) * 0.2 + 2.0]),  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("timesteps", [1, 4, 16, 64])
+@pytest.mark.parametrize("name", list(_distributions()))
+def test_t_aware_threshold_is_the_minimiser_of_its_objective(name: str, timesteps: int) -> None:
+    """Compared with a grid 30x finer than the search's own, over (0, max]: the search finds
+    an objective at least as low (to 1e-9 relative)."""
+    z = _distributions()[name].double()[None]  # (1, n)
+    theta = t_aware_threshold(z, timesteps)
+    top = float(z.max())
+    fine = torch.linspace(top / 2000, top, 2000, dtype=torch.float64)[None]
+    grid_best = quantisation_objective(z, fine, timesteps).min()
+    found = quantisation_objective(z, theta[:, None], timesteps)[0, 0]
+    assert found <= grid_best * (1 + 1e-9), (float(theta), float(found), float(grid_best))
+
+
+def test_t_aware_thresholds_grow_with_t_and_stay_below_the_maximum() -> None:
+    """At small T a lower threshold buys finer stairs; as T grows the clipping term wins and
+    the minimiser tends to the maximum (the fixed point of local threshold balancing)."""
+    z = _distributions()["normal"].double()[None]
+    thetas = [float(t_aware_threshold(z, T)[0]) for T in (2, 4, 8, 16, 64, 256)]
+    assert thetas == sorted(thetas)
+    assert thetas[-1] <= float(z.max())
+    assert thetas[0] < 0.6 * thetas[-1]
+
+
+def test_t_aware_threshold_per_channel_matches_one_row_at_a_time() -> None:
+    rows = torch.stack([_distributions()[k] for k in ("normal", "uniform", "two modes")])
+    together = t_aware_threshold(rows, 8)
+    alone = torch.cat([t_aware_threshold(row[None], 8) for row in rows])
+    torch.testing.assert_close(together, alone)
+
+
+def test_t_aware_threshold_silent_and_capped_channels() -> None:
+    z = torch.stack([-torch.rand(1000), torch.rand(1000) * 20])
+    theta = t_aware_threshold(z, 8, cap=6.0)
+    assert theta[0] == 0  # never active: silent, no division anywhere
+    assert 0 < theta[1] <= 6.0
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(96, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def test_target_none_keeps_the_paper_pipeline(images: torch.Tensor) -> None:
+    model = _small_cnn()
+    calibration = list(images.split(32))
+    paper = snnlite.convert(model, calibration, iterations=30, progress=False)
+    same = snnlite.convert(model, calibration, iterations=30, progress=False,
+                           target_timesteps=None)  # fmt: skip
+    for name, theta in paper.thresholds.items():
+        assert torch.equal(theta, same.thresholds[name])
+    for site in activation_sites(same.ann).values():
+        assert site.bias is None and site.charge is None
+    assert paper.delay_estimate == same.delay_estimate
+    x = images[:8]
+    torch.testing.assert_close(paper.simulate(x, 16)[16], same.simulate(x, 16)[16], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 8.0, 2.5, "8", True, None.__class__])
+def test_target_timesteps_must_be_a_positive_integer(images: torch.Tensor, bad: object) -> None:
+    model = _small_cnn()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="target_timesteps"):
+        snnlite.convert(model, [images], iterations=2, progress=False, target_timesteps=bad)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_numpy_integer_target_and_unknown_parts(images: torch.Tensor) -> None:
+    snn = snnlite.convert(_small_cnn(), [images], iterations=5, progress=False,
+                          target_timesteps=np.int64(4), tuning_size=32)  # fmt: skip
+    assert snn.delay_estimate is not None
+    with pytest.raises(ValueError, match="unknown latency part"):
+        latency_parts_of(["thresholds", "speed"])
+
+
+def test_site_rates_of_a_constant_current_follow_psi_t(images: torch.Tensor) -> None:
+    """The first site sees a constant current under direct coding: its rate over T steps is
+    exactly ``psi_T(z; theta)`` (with the same spike condition)."""
+    snn = snnlite.convert(_small_cnn(), [images], iterations=10, progress=False)
+    first = next(iter(snn.thresholds))
+    x = images[:4]
+    z = _site_inputs(snn.ann, first, [x])  # the pooled conv output: constant in time
+    theta = snn.thresholds[first].view(-1, 1, 1)
+    for T in (3, 8, 20):
+        got = snn.site_rates(x, T, sites=[first])[first]
+        torch.testing.assert_close(got, rate(z, theta, T), rtol=1e-5, atol=1e-6)
+
+
+def test_bias_correction_zeroes_the_mean_error_of_each_site(images: torch.Tensor) -> None:
+    """Corrected site by site, the SNN's mean rate at T equals the clipped ANN's mean
+    activation at every site on the calibration images (per channel, to a small fraction of
+    the error before)."""
+    snn = snnlite.convert(_small_cnn(), list(images.split(32)), iterations=30, progress=False)
+    T = 6
+    before = site_errors(snn, images, T)
+    correct_bias(snn, images, T, progress=False)
+    after = site_errors(snn, images, T)
+    for name in before:
+        assert after[name].abs().mean() <= 0.1 * before[name].abs().mean() + 1e-5, name
