@@ -79,10 +79,12 @@ def convert(
         probe_size: samples of the first calibration batch kept to estimate the delay.
         target_timesteps: ``None`` (default) gives the paper's network. A number of time
             steps T tunes the converted network for that latency, still without training
-            (:mod:`snnlite.latency`): T-aware thresholds, a bias correction of each site's
-            mean error at T, and the readout delay that serves T best.
-        latency_parts: which of ``"thresholds"``, ``"bias"`` and ``"delay"`` the tuning
-            for ``target_timesteps`` runs (all by default).
+            (:mod:`snnlite.latency`): T-aware thresholds, a correction of each site's mean
+            error at T through its initial membrane potential, and the readout delay that
+            serves T best.
+        latency_parts: which of ``"thresholds"``, ``"bias"``, ``"potential"`` and
+            ``"delay"`` the tuning for ``target_timesteps`` runs (default: all but
+            ``"bias"``, a constant-current correction that is right for one T only).
         tuning_size: calibration images (the first ones) the latency tuning uses.
         progress: show tqdm progress bars (calibration and simulation).
     """

@@ -15,11 +15,14 @@ parts, each optional (forward passes and closed-form updates; no gradient, no tr
    site in execution order, so each site sees its input as the thresholds above it make it.
    The objective is piecewise smooth in theta: a grid over fractions of the largest
    activation finds the basin, a golden-section search refines it (:func:`t_aware_threshold`).
-2. **Bias correction** (the training-free "light" calibration of Li et al., ICML 2021): site by
-   site in execution order, the mean error of the SNN's rate at the target T against the
-   clipped ANN's activation on the same images is measured per channel and subtracted from
-   the neuron's input as a constant current, so the expected error of every site vanishes on
-   the calibration images (:func:`correct_bias`).
+2. **Mean-error corrections**, site by site in execution order: the mean error of the SNN's
+   rate at the target T against the clipped ANN's activation on the same images is measured
+   per channel and cancelled (:func:`correct_bias`), so the expected error of every site
+   vanishes on the calibration images. Either as a constant input current (``"bias"``: the
+   training-free "light" calibration of Li et al., ICML 2021), which is right for one T only,
+   or as a charge added to the initial membrane potential (``"potential"``, the default),
+   whose effect on the mean rate falls as 1/T like the errors it cancels (the quantisation
+   error and the charge that deep layers miss while spikes travel up the network).
 3. **The readout delay** that serves the target T best: among the possible delays, the one
    whose readout is closest (mean squared error) to the clipped ANN's output on the
    calibration images (:func:`choose_delay`). Labels are never needed.
@@ -43,6 +46,7 @@ from snnlite.neurons import broadcast_threshold, rate
 
 __all__ = [
     "LATENCY_PARTS",
+    "PARTS",
     "LatencyParts",
     "latency_parts_of",
     "check_target",
@@ -67,24 +71,26 @@ REFINE_STEPS = 24  # golden-section steps: the bracket shrinks to 0.618**24 ~ 1e
 
 @dataclass(frozen=True)
 class LatencyParts:
-    """Which parts of the low-latency tuning run (all by default)."""
+    """Which parts of the low-latency tuning run (see :func:`tune_for_latency`)."""
 
     thresholds: bool = True
-    bias: bool = True
+    bias: bool = False
+    potential: bool = True
     delay: bool = True
 
 
-LATENCY_PARTS = ("thresholds", "bias", "delay")
+PARTS = ("thresholds", "bias", "potential", "delay")  # every part, in LatencyParts' order
+LATENCY_PARTS = ("thresholds", "potential", "delay")  # the default: what pays (measured)
 
 
 def latency_parts_of(names: Collection[str]) -> LatencyParts:
-    """``LatencyParts`` from part names (any of ``LATENCY_PARTS``); unknown names refused."""
+    """``LatencyParts`` from part names (any of ``PARTS``); unknown names refused."""
     if isinstance(names, str):
         names = (names,)
-    unknown = sorted(set(names) - set(LATENCY_PARTS))
+    unknown = sorted(set(names) - set(PARTS))
     if unknown:
-        raise ValueError(f"unknown latency part(s) {unknown}: choose from {LATENCY_PARTS}")
-    return LatencyParts(*(part in names for part in LATENCY_PARTS))
+        raise ValueError(f"unknown latency part(s) {unknown}: choose from {PARTS}")
+    return LatencyParts(*(part in names for part in PARTS))
 
 
 def check_target(timesteps: object) -> int:
@@ -293,6 +299,7 @@ def correct_bias(
     start: int = 0,
     *,
     rounds: int = BIAS_ROUNDS,
+    into: str = "bias",
     progress: bool = True,
 ) -> dict[str, Tensor]:
     """Zero each site's mean error at T on ``inputs``, site by site in execution order.
@@ -318,7 +325,11 @@ def correct_bias(
             if round_ == 0:
                 errors[name] = mu.float()
             step = -(mu / slopes[name].clamp(min=MIN_SLOPE)).to(site.threshold.dtype)
-            site.bias = step if site.bias is None else site.bias + step
+            if into == "bias":
+                site.bias = step if site.bias is None else site.bias + step
+            else:  # a charge at t = 0 moves the window's mean rate by charge / (T - start)
+                step = step * (timesteps - start)
+                site.charge = step if site.charge is None else site.charge + step
     return errors
 
 
@@ -360,25 +371,27 @@ def tune_for_latency(
 ) -> SpikingNetwork:
     """Tune a converted network for ``timesteps`` in place (see the module docstring).
 
-    ``inputs``: calibration images as one (N, ...) tensor (a few hundred are enough). The
-    thresholds come first (they change the clipped ANN), then the delay (the readout rule
-    that the bias correction must serve), then the bias correction, then the delay again.
-    Sets ``snn.delay_estimate`` to the chosen delay when ``parts.delay``.
+    ``inputs``: calibration images as one (N, ...) tensor (a few hundred are enough). In
+    order: the thresholds (they change the clipped ANN that everything after compares with);
+    the bias correction, a constant current per channel calibrated for the readout window of
+    the delay chosen for T (Li et al.'s correction); the potential correction, a charge per
+    channel added to the initial membrane potential, calibrated for the window that starts at
+    t = 0 (its effect on the mean rate falls as 1/T, like the transient and quantisation
+    errors it cancels, so one correction serves every T from the target on); and last the
+    delay that serves T best with the corrections in place. Sets ``snn.delay_estimate``.
     """
     timesteps = check_target(timesteps)
-    batches = list(torch.split(inputs, 128))
     if parts.thresholds:
-        tune_thresholds(snn.ann, batches, timesteps, progress=progress)
-        if not parts.delay:
-            snn.delay_estimate = snn.estimate_delay(inputs[:256])
-    start = 0
-    if parts.delay:
-        snn.delay_estimate = float(choose_delay(snn, inputs, timesteps))
-        start = readout_start(timesteps, snn.delay_estimate)
-    elif snn.delay_estimate is not None:
-        start = readout_start(timesteps, snn.delay_estimate)
+        tune_thresholds(snn.ann, list(torch.split(inputs, 128)), timesteps, progress=progress)
+        snn.delay_estimate = snn.estimate_delay(inputs[:256])
     if parts.bias:
-        correct_bias(snn, inputs, timesteps, start, progress=progress)
         if parts.delay:
             snn.delay_estimate = float(choose_delay(snn, inputs, timesteps))
+        start = readout_start(timesteps, snn.delay_estimate or 0)
+        correct_bias(snn, inputs, timesteps, start, progress=progress)
+    if parts.potential:
+        correct_bias(snn, inputs, timesteps, 0, into="charge", progress=progress)
+        snn.delay_estimate = 0.0  # the window the charge was calibrated for
+    if parts.delay:
+        snn.delay_estimate = float(choose_delay(snn, inputs, timesteps))
     return snn

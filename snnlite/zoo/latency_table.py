@@ -1,0 +1,131 @@
+"""Measure the low-latency conversion of a zoo classifier against the paper's pipeline.
+
+Both start from the same LTB (channel-wise) conversion on the same calibration batches; the
+low-latency networks are tuned for each target T with the parts switched on one by one
+(T-aware thresholds alone; with the constant-current bias correction; and the default,
+T-aware thresholds with the potential correction and the delay chosen for T), and every
+network is read out at T = 4 ... 64 from one simulation per batch, with its SOPs per image
+recorded in the same runs::
+
+    python -m snnlite.zoo.latency_table --model fmnist_vgg --images 10000
+
+The result goes to ``snnlite/zoo/results/<model>_latency.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+
+import snnlite
+from snnlite.data import fashion_mnist_tensors
+from snnlite.latency import LATENCY_PARTS, latency_parts_of, tune_for_latency
+from snnlite.metrics import accuracy_curve, ann_accuracy
+from snnlite.zoo.registry import RESULTS_DIR, load
+
+TIMESTEPS = (4, 8, 16, 32, 64)
+TARGETS = (8, 16)
+VARIANTS = {  # label: latency parts, measured at the first target (the default at all)
+    "thresholds": ("thresholds",),
+    "thresholds+bias": ("thresholds", "bias", "delay"),
+    "default": LATENCY_PARTS,  # thresholds + potential + delay
+}
+
+
+def _curve(snn: snnlite.SpikingNetwork, x, y, batch_size: int) -> dict:
+    accuracy = accuracy_curve(snn, x, y, TIMESTEPS, delay="auto", batch_size=batch_size,
+                              progress=False, record_spikes=True)  # fmt: skip
+    sops = snn.last_activity.sops_at(TIMESTEPS)
+    return {
+        "delay": snn.delay_estimate,
+        "relux_accuracy": ann_accuracy(snn.relux(), x, y),
+        "accuracy": {str(T): accuracy[T] for T in TIMESTEPS},
+        "sops_per_image": {str(T): sops[T] for T in TIMESTEPS},
+    }
+
+
+def measure(
+    model_name: str,
+    images: int,
+    calibration_batches: int,
+    calibration_batch: int,
+    tuning_size: int,
+    batch_size: int,
+    targets: tuple[int, ...] = TARGETS,
+    variants: tuple[str, ...] = tuple(VARIANTS),
+) -> dict:
+    """The table: the paper pipeline and each (target, variant), on the first ``images``
+    test images."""
+    model = load(model_name)
+    x, y = fashion_mnist_tensors("test")
+    x, y = x[:images], y[:images]
+    train, _ = fashion_mnist_tensors("train")
+    size = calibration_batch
+    calibration = [train[i * size : (i + 1) * size] for i in range(calibration_batches)]
+    start = time.perf_counter()
+    paper = snnlite.convert(model, calibration, progress=False, tuning_size=tuning_size)
+    ltb_seconds = time.perf_counter() - start
+    tuning = train[:tuning_size]  # the first calibration images, as convert() takes them
+    table = {
+        "model": model_name,
+        "test_images": len(x),
+        "calibration": f"{calibration_batches} batches of {size} training images "
+        f"(LTB channel-wise, {calibration_batches} updates); latency tuning on the first "
+        f"{tuning_size} of them",
+        "timesteps": list(TIMESTEPS),
+        "ann_accuracy": ann_accuracy(model, x, y),
+        "ltb_seconds": round(ltb_seconds, 1),
+        "paper": _curve(paper, x, y, batch_size),
+        "targets": {},
+    }
+    print(f"paper      {_row(table['paper'])}", flush=True)
+    for target in targets:
+        table["targets"][str(target)] = {}
+        for label in variants if target == targets[0] else ("default",):
+            snn = copy.deepcopy(paper)
+            start = time.perf_counter()
+            tune_for_latency(snn, tuning, target, latency_parts_of(VARIANTS[label]),
+                             progress=False)  # fmt: skip
+            seconds = time.perf_counter() - start
+            entry = _curve(snn, x, y, batch_size)
+            entry["tuning_seconds"] = round(seconds, 1)
+            entry["conversion_ratio"] = round((ltb_seconds + seconds) / ltb_seconds, 2)
+            table["targets"][str(target)][label] = entry
+            print(f"T*={target:<3d} {label:<16s} {_row(entry)}", flush=True)
+    return table
+
+
+def _row(entry: dict) -> str:
+    return " ".join(f"{100 * entry['accuracy'][str(T)]:6.2f}" for T in TIMESTEPS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="zoo classifier, e.g. fmnist_vgg")
+    parser.add_argument("--images", type=int, default=10000, help="first N test images")
+    parser.add_argument("--calibration-batches", type=int, default=600)
+    parser.add_argument("--calibration-batch", type=int, default=100)
+    parser.add_argument("--tuning-size", type=int, default=512,
+                        help="calibration images the latency tuning sees")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    table = measure(args.model, args.images, args.calibration_batches,
+                    args.calibration_batch, args.tuning_size, args.batch_size)  # fmt: skip
+    table["command"] = (
+        f"python -m snnlite.zoo.latency_table --model {args.model} --images {args.images} "
+        f"--calibration-batches {args.calibration_batches} "
+        f"--calibration-batch {args.calibration_batch} --tuning-size {args.tuning_size}"
+    )
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{args.model}_latency.json"
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
