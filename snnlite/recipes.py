@@ -6,7 +6,7 @@ returns what the next layer should see; afterwards :meth:`ThresholdRecipe.thresh
 site's threshold. The converter (:mod:`snnlite.convert`) is separate from the recipes, as in
 SpikingJelly's ann2snn.
 
-* :class:`LocalThresholdBalancing` (method.md §3): ``theta <- theta + c * mean 2 (z - theta)+``
+* :class:`LocalThresholdBalancing` (chapter 3): ``theta <- theta + c * mean 2 (z - theta)+``
   from ``theta = 0``, once per batch, output ``clip(z, 0, theta)`` with the updated theta, so a
   layer sees inputs produced with the already-updated thresholds upstream. The expected step
   is never negative and the only fixed point is the maximum, so the number of updates K is a
@@ -92,7 +92,7 @@ class ThresholdRecipe(nn.Module):
 
 
 class LocalThresholdBalancing(ThresholdRecipe):
-    """Greedy minimisation of ``E || clip(z, 0, theta) - ReLU(z) ||^2`` (method.md §3)."""
+    """Greedy minimisation of ``E || clip(z, 0, theta) - ReLU(z) ||^2`` (the book, chapter 3)."""
 
     def __init__(
         self, granularity: Granularity = "channel", cap: float = math.inf, step_size: float = 1.0
