@@ -69,8 +69,9 @@ def measure_new_widgets(seen: set[str]) -> list[dict[str, Any]]:
                 start = time.perf_counter()
                 apply()
                 seconds = time.perf_counter() - start
-                records.append({"function": widget.f.__name__, "control": control.description
-                                or type(control).__name__, "move": label, "seconds": seconds})  # fmt: skip
+                name = control.description or type(control).__name__
+                records.append({"function": widget.f.__name__, "control": name, "move": label,
+                                "seconds": seconds})  # fmt: skip
     return records
 
 
@@ -143,7 +144,8 @@ def run(kc: Any, code: str, timeout: float = CELL_TIMEOUT, shown: list | None = 
         elif kind == "error":
             errors.append("\n".join(content["traceback"]))
         elif kind == "display_data" and shown is not None:
-            shown.append(max(content["data"]))  # image/png, text/plain, text/markdown
+            data = content["data"]  # a figure: image/png (+ text/plain); a table: text/markdown
+            shown.append("image/png" if "image/png" in data else max(data))
 
     reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook, allow_stdin=False)
     if errors or reply["content"]["status"] != "ok":
