@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.chapters or chapters_with_widgets():
         results.append(bench_chapter(name))
-        print(f"{name}: ran in {results[-1]['run_seconds']:.0f} s", file=sys.stderr, flush=True)
+        for row in summary(results[-1:]):  # as it goes: a full run takes a while
+            print(f"{name}: ran in {results[-1]['run_seconds']:.0f} s; {row['widget']}: "
+                  f"median {row['median_s']:.3f} s, slowest {row['max_s']:.3f} s "
+                  f"({row['slowest_move']})", file=sys.stderr, flush=True)  # fmt: skip
     rows = summary(results)
     table = markdown(rows, machine)
     print(table)

@@ -160,6 +160,19 @@ def lab_settings(folder: Path) -> None:
     )
 
 
+def die_with_parent() -> None:
+    """In the server's process, before exec: SIGTERM it when pytest dies (Linux).
+
+    Fixture finalizers do not run when pytest itself is killed (a CI time limit, Ctrl-C
+    twice); the server then still gets its SIGTERM and, stopping, shuts its kernels down.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def kill_leftover_kernels(runtime: Path) -> None:
     """Kernels whose connection file lies in ``runtime`` (this server's own folder): SIGKILL.
 
@@ -204,7 +217,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         command.append("--allow-root")
     log = (base / "server.log").open("wb")
     process = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                               stdin=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=die_with_parent)  # fmt: skip
     server = Lab(f"http://127.0.0.1:{port}", token, root, runtime, process)
     try:
         deadline = time.monotonic() + SERVER_START_S
@@ -315,8 +329,10 @@ def test_widget_redraws_live(lab: Lab, browser: Any, chapter: str) -> None:
     try:
         page.goto(f"{lab.url}/lab/tree/{chapter}.ipynb?reset&token={lab.token}")
         page.wait_for_function(KERNEL_IDLE_JS, timeout=KERNEL_READY_S * 1000, polling=250)
+        started = time.monotonic()
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         page.wait_for_function(ALL_RAN_JS, timeout=RUN_ALL_S * 1000, polling=500)
+        ran = time.monotonic() - started
         assert page.evaluate(ERRORS_JS) == [], f"{chapter}: a cell raised"
 
         box = page.locator(".widget-interact").first
@@ -338,7 +354,8 @@ def test_widget_redraws_live(lab: Lab, browser: Any, chapter: str) -> None:
         assert page.get_by_text("Error displaying widget").count() == 0
         wait_kernels_idle(lab)
         assert page.evaluate(ERRORS_JS) == [], f"{chapter}: the widget's callback raised"
-        print(f"{chapter}: slider {before_value} -> {readout.inner_text()}, "
+        moved = f"{before_value} -> {readout.inner_text()}"
+        print(f"{chapter}: all cells ran in {ran:.0f} s; slider {moved}, "
               f"figure redrawn in the browser in {redraw:.2f} s")  # fmt: skip
     finally:
         SHOTS.mkdir(parents=True, exist_ok=True)
