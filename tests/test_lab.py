@@ -367,6 +367,18 @@ def test_widget_redraws_live(lab: Lab, browser: Any, chapter: str) -> None:
         lab.shutdown_kernels()
 
 
+def test_tiny_parameters_are_the_chapters_own() -> None:
+    """A renamed parameter would leave its chapter at full size here, silently: fail instead."""
+    import nbformat
+
+    assert set(TINY) | {"01_spiking_neurons"} == set(CHAPTERS)
+    for name, values in TINY.items():
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        names = set(re.findall(r"^(\w+)\s*=", cell.source, flags=re.M))
+        assert set(values) <= names, f"{name}: no parameter(s) {set(values) - names}"
+
+
 @pytest.mark.timeout(300)
 def test_chapter_1_redraws_within_target() -> None:
     """bench/bench_widgets.py's chapter-1 slice: every move of its widget under 2 s."""
