@@ -175,7 +175,8 @@ def bench_chapter(name: str) -> dict[str, Any]:
                     records += json.loads(out.strip().splitlines()[-1])
         setup = time.perf_counter() - start - sum(r["seconds"] for r in records)
     # Every move redraws: as many displays as moves (a figure, or chapter 8's table).
-    return {"chapter": name, "run_seconds": setup, "moves": records, "displays": len(shown)}
+    return {"chapter": name, "run_seconds": setup, "moves": records, "displays": len(shown),
+            "load_average": round(os.getloadavg()[0], 2)}  # fmt: skip
 
 
 # --- reporting ------------------------------------------------------------------------------
@@ -194,11 +195,21 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "median_s": statistics.median(r["seconds"] for r in moves),
                 "max_s": slowest["seconds"],
                 "slowest_move": f'{slowest["control"]} {slowest["move"]}',
+                "load_average": chapter["load_average"],
             })  # fmt: skip
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+def write(results: list[dict[str, Any]], machine: dict[str, Any], pending: list[str]) -> None:
+    """bench/widgets.json (every move) and bench/widgets.md (the table)."""
+    rows = summary(results)
+    data = {"machine": machine, "target_seconds": TARGET_SECONDS, "pending": pending,
+            "widgets": rows, "chapters": results}  # fmt: skip
+    (ROOT / "bench" / "widgets.json").write_text(json.dumps(data, indent=1) + "\n")
+    (ROOT / "bench" / "widgets.md").write_text(markdown(rows, machine, pending))
+
+
+def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], pending: list[str]) -> str:
     """The table of bench/widgets.md, with the command that regenerates it."""
     lines = [
         "# Widget redraw times",
@@ -207,19 +218,24 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         "in `widgets.json`). Each chapter runs in a fresh kernel at its default parameters; every",
         "control of every widget is moved (sliders: one step, max, min, back; selections: every",
         "option), and each move is timed until the redrawn output has been sent.",
-        f"Target: every move under {TARGET_SECONDS:g} s on a 2-core laptop.",
+        f"Target: every move under {TARGET_SECONDS:g} s on a 2-core laptop. *load*: the",
+        "machine's 1-minute load average when the chapter's moves ended (above the CPU count,",
+        "other work shared the cores and the times are longer than on an idle laptop).",
         "",
         f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}, "
         f"torch {machine['torch']}; load average {machine['load_before']} before the run; "
         f"{machine['date']}.",
         "",
-        "| chapter | widget | moves | median (s) | slowest (s) | slowest move |",
-        "|---|---|---|---|---|---|",
+        "| chapter | widget | moves | median (s) | slowest (s) | slowest move | load |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         flag = "" if r["max_s"] <= TARGET_SECONDS else " **over target**"
-        lines.append(f"| {r['chapter']} | `{r['widget']}` | {r['moves']} | {r['median_s']:.3f} "
-                     f"| {r['max_s']:.3f}{flag} | {r['slowest_move']} |")  # fmt: skip
+        cells = [r["chapter"], f"`{r['widget']}`", r["moves"], f"{r['median_s']:.3f}",
+                 f"{r['max_s']:.3f}{flag}", r["slowest_move"], r["load_average"]]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if pending:
+        lines += ["", f"Not measured yet (the run was stopped): {', '.join(pending)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -246,21 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, write no files")
     args = parser.parse_args(argv)
     machine = machine_info()
-    results = []
-    for name in args.chapters or chapters_with_widgets():
+    chapters = args.chapters or chapters_with_widgets()
+    results: list[dict[str, Any]] = []
+    for name in chapters:
         results.append(bench_chapter(name))
         for row in summary(results[-1:]):  # as it goes: a full run takes a while
             print(f"{name}: ran in {results[-1]['run_seconds']:.0f} s; {row['widget']}: "
                   f"median {row['median_s']:.3f} s, slowest {row['max_s']:.3f} s "
                   f"({row['slowest_move']})", file=sys.stderr, flush=True)  # fmt: skip
+        if not args.no_write:  # after every chapter, so a stopped run keeps what it measured
+            write(results, machine, pending=chapters[len(results) :])
     rows = summary(results)
-    table = markdown(rows, machine)
-    print(table)
-    if not args.no_write:
-        data = {"machine": machine, "target_seconds": TARGET_SECONDS, "widgets": rows,
-                "chapters": results}  # fmt: skip
-        (ROOT / "bench" / "widgets.json").write_text(json.dumps(data, indent=1) + "\n")
-        (ROOT / "bench" / "widgets.md").write_text(table)
+    print(markdown(rows, machine, pending=[]))
     return 0 if all(r["max_s"] <= TARGET_SECONDS for r in rows) else 1
 
 
