@@ -330,7 +330,8 @@ def test_widget_redraws_live(lab: Lab, browser: Any, chapter: str) -> None:
         page.goto(f"{lab.url}/lab/tree/{chapter}.ipynb?reset&token={lab.token}")
         page.wait_for_function(KERNEL_IDLE_JS, timeout=KERNEL_READY_S * 1000, polling=250)
         started = time.monotonic()
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # Not awaited (evaluate has no timeout): the wait below, with its own, follows it.
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         page.wait_for_function(ALL_RAN_JS, timeout=RUN_ALL_S * 1000, polling=500)
         ran = time.monotonic() - started
         assert page.evaluate(ERRORS_JS) == [], f"{chapter}: a cell raised"
