@@ -185,7 +185,7 @@ def bench_chapter(name: str) -> dict[str, Any]:
 def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per widget: number of moves, median and slowest move, and the slowest control."""
     rows = []
-    for chapter in results:
+    for chapter in sorted(results, key=lambda c: c["chapter"]):
         functions = dict.fromkeys(r["function"] for r in chapter["moves"])
         for function in functions:
             moves = [r for r in chapter["moves"] if r["function"] == function]
