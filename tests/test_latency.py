@@ -180,3 +180,4 @@ def test_default_tuning_sets_every_part(images: torch.Tensor) -> None:
     for site in activation_sites(fast.ann).values():
         assert site.bias is None and site.charge is not None
     assert fast.delay_estimate in (0.0,)  # T = 4 leaves one candidate: the whole window
+
