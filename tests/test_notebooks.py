@@ -45,12 +45,30 @@ def test_notebook_is_stripped_and_parametrised(name: str) -> None:
     assert len(tagged) == 1, f"{name}: exactly one cell tagged 'parameters'"
     assert "results_dir" in tagged[0].source
     assert f'profile_parameters("{name}")' in "".join(cell.source for cell in code)
-    assert any("hide-cell" in cell.metadata.get("tags", []) for cell in code), "no exercise"
+    _check_teaching_structure(name, nb)
     assert "ipywidgets" in "".join(cell.source for cell in code), "no widget"
     for profile in ("ci", "book"):
         assert name in PARAMS[profile], f"notebooks/params.yml has no {profile}.{name}"
         unknown = set(PARAMS[profile][name]) - _parameter_names(tagged[0].source)
         assert not unknown, f"{profile}.{name} sets parameters the notebook lacks: {unknown}"
+
+
+def _check_teaching_structure(name: str, nb: nbformat.NotebookNode) -> None:
+    """Objectives, prerequisites, run time, summary, 3-5 exercises with folded solutions."""
+    text = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    for heading in ("**Learning objectives.**", "**Prerequisites.**", "**Run time.**",
+                    "## Summary", "## Exercises", "## Further reading"):  # fmt: skip
+        assert heading in text, f"{name}: no {heading!r}"
+    exercises = re.findall(r"^### Exercise \d+ \((.*)\)$", text, flags=re.M)
+    assert 3 <= len(exercises) <= 5, f"{name}: {len(exercises)} exercises, want 3 to 5"
+    assert text.count("<details>") == text.count("</details>") == len(exercises), (
+        f"{name}: every exercise needs one <details> solution (folded in Jupyter too)"
+    )
+    assert any("predict, then run" in kind for kind in exercises), f"{name}: no predict-and-run"
+    assert any("code against the API" in kind for kind in exercises), f"{name}: no API exercise"
+    tags = [tag for cell in nb.cells for tag in cell.metadata.get("tags", [])]
+    assert "hide-cell" not in tags, f"{name}: hide-cell folds only on the web; use <details>"
+    assert "method.md" not in text
 
 
 def _parameter_names(source: str) -> set[str]:
@@ -76,6 +94,10 @@ def test_01_spiking_neurons(run_notebook) -> None:
         assert half <= 1 / (2 * T) + 1e-6 and zero <= 1 / T + 1e-6
         assert half < 0.6 * zero  # rounding vs flooring: half the worst error
         assert abs(r[f"mean_error_u0_half_T{T}"]) < 0.1 * abs(r[f"mean_error_u0_zero_T{T}"])
+    # The unevenness example: the same ten inputs, two orders, two outputs.
+    assert r["unevenness_relu_of_average"] == pytest.approx(0.2)
+    assert r["unevenness_positive_first"] == pytest.approx(0.3)
+    assert r["unevenness_negative_first"] == pytest.approx(0.2)
 
 
 def test_02_error_bound(run_notebook) -> None:
