@@ -109,6 +109,11 @@ def test_02_error_bound(run_notebook) -> None:
     assert errors == sorted(errors, reverse=True)  # the error falls with T
     assert all(r[f"tightness_T{T}"] < 1e-2 for T in Ts)  # holds with a wide margin
     assert r[f"agreement_T{max(Ts)}"] >= 0.9
+    bounds = [r[f"output_bound_T{T}"] for T in Ts]
+    assert bounds == sorted(bounds, reverse=True)  # "both curves fall"
+    assert r["error_fall_ratio"] < max(Ts) / min(Ts)  # "more slowly than 1/T"
+    assert r["output_intra_relative"] < 1e-4  # the analog output layer adds only rounding
+    assert r["margin_orders_min"] >= 2  # "a wide margin"
 
 
 def test_03_threshold_balancing(run_notebook) -> None:
