@@ -1,5 +1,8 @@
 """The book renders offline: build the introduction and chapter 1, open them in headless Chromium.
 
+Every chapter of the full build (``make book``, when book/_build/html exists) is also opened,
+and no code block may be wider than its box (no sideways scrolling).
+
 A fast build (intro + chapter 1 at its CI parameters, into a temporary folder, with the same
 configuration and vendored JavaScript as `make book`) is rendered by Debian's ``chromium`` with
 every network request refused. After JavaScript ran, the DOM must hold typeset math (MathJax's
@@ -87,6 +90,52 @@ def visible_text(dom: str) -> str:
     dom = re.sub(r"<(script|style|pre)\b.*?</\1>", "", dom, flags=re.S)
     dom = re.sub(r"<mjx-container\b.*?</mjx-container>", "", dom, flags=re.S)
     return re.sub(r"<[^>]+>", " ", dom)
+
+
+OVERFLOW_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const code = document.querySelectorAll("div.cell_input pre, div.highlight-python pre");
+  const wide = [...code].filter((pre) => pre.scrollWidth > pre.clientWidth + 1);
+  document.body.setAttribute("data-code-blocks", String(code.length));
+  document.body.setAttribute("data-too-wide", String(wide.length));
+});
+</script>"""
+
+
+def code_overflow(page: Path) -> tuple[int, int]:
+    """(code blocks, code blocks wider than their box) of ``page`` as Chromium lays it out."""
+    probe = page.with_name(page.stem + ".width-probe.html")
+    probe.write_text(page.read_text().replace("</body>", OVERFLOW_SCRIPT + "</body>"))
+    try:
+        dom = render(probe)
+    finally:
+        probe.unlink()
+    blocks = re.search(r'data-code-blocks="(\d+)"', dom)
+    wide = re.search(r'data-too-wide="(\d+)"', dom)
+    assert blocks and wide, "the width probe did not run"
+    return int(blocks.group(1)), int(wide.group(1))
+
+
+def _toc_notebooks() -> list[str]:
+    import yaml
+
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    return [entry["file"] for part in toc["parts"] for entry in part["chapters"]
+            if entry["file"].startswith("notebooks/")]  # fmt: skip
+
+
+def test_chapter_1_code_fits_the_page(site: Path) -> None:
+    blocks, wide = code_overflow(site / "notebooks" / "01_spiking_neurons.html")
+    assert blocks >= 5 and wide == 0, (blocks, wide)
+
+
+@pytest.mark.parametrize("page", _toc_notebooks())
+def test_every_chapter_code_fits_the_page(page: str) -> None:
+    html = BOOK / "_build" / "html" / f"{page}.html"
+    if not html.is_file():
+        pytest.skip("no full build: run `make book` first")
+    blocks, wide = code_overflow(html)
+    assert blocks >= 3 and wide == 0, (page, blocks, wide)
 
 
 def test_intro_typesets_math_offline(site: Path) -> None:

@@ -68,3 +68,20 @@ def test_reproducing_page_names_only_parameters_that_exist() -> None:
     assert named, "no parameters found on the page"
     assert named <= known, f"reproducing.md names unknown parameters {sorted(named - known)}"
     assert params  # the page's profile file exists
+
+
+WIDTH = 79  # characters of code that fit a code block of the theme at 1200 px (see test_book)
+
+
+def test_code_fits_the_page() -> None:
+    """Code cells and solution blocks wrap at WIDTH characters: no sideways scrolling."""
+    long = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code":
+                lines = cell.source.splitlines()
+            else:
+                blocks = re.findall(r"```python\n(.*?)```", cell.source, flags=re.S)
+                lines = [line for block in blocks for line in block.splitlines()]
+            long += [f"{path.name} cell {i}: {line}" for line in lines if len(line) > WIDTH]
+    assert not long, "\n".join(long)
