@@ -69,12 +69,12 @@ def site(tmp_path_factory) -> Path:
     return src / "_build" / "html"
 
 
-def render(page: Path, screenshot: Path | None = None) -> str:
+def render(page: Path, screenshot: Path | None = None, width: int = 1200) -> str:
     """The DOM of ``page`` after its JavaScript ran, with all network access refused."""
     base = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
         "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-        "--virtual-time-budget=15000", "--window-size=1200,2400",
+        "--virtual-time-budget=15000", f"--window-size={width},2400",
     ]  # fmt: skip
     if screenshot is not None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -102,12 +102,17 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+# At 1440 px and wider the theme's content column has its full width (786 px of code box:
+# 79 characters at 14 px); narrower windows give part of it to the page's table of contents.
+FULL_WIDTH = 1440
+
+
 def code_overflow(page: Path) -> tuple[int, int]:
     """(code blocks, code blocks wider than their box) of ``page`` as Chromium lays it out."""
     probe = page.with_name(page.stem + ".width-probe.html")
     probe.write_text(page.read_text().replace("</body>", OVERFLOW_SCRIPT + "</body>"))
     try:
-        dom = render(probe)
+        dom = render(probe, width=FULL_WIDTH)
     finally:
         probe.unlink()
     blocks = re.search(r'data-code-blocks="(\d+)"', dom)

@@ -70,7 +70,7 @@ def test_reproducing_page_names_only_parameters_that_exist() -> None:
     assert params  # the page's profile file exists
 
 
-WIDTH = 79  # characters of code that fit a code block of the theme at 1200 px (see test_book)
+WIDTH = 79  # characters of code that fit the theme's code box at full width (test_book)
 
 
 def test_code_fits_the_page() -> None:
