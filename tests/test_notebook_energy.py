@@ -95,3 +95,9 @@ def test_fanout_border_of_padded_conv(results: dict[str, Any]) -> None:
     high, low = results["fmnist_vgg_first_fanout_max"], results["fmnist_vgg_first_fanout_min"]
     assert high * 4 == low * 9
     assert high % 9 == 0
+
+
+def test_mac_per_sop_ratios_quoted_in_the_text(results: dict[str, Any]) -> None:
+    # The prose: a SOP costs "about 160" times less than a MAC with the paper's constants.
+    assert results["mac_per_sop_paper"] == pytest.approx(160, rel=0.05)
+    assert results["mac_per_sop_45nm"] < 10  # "the gap shrinks"
