@@ -9,6 +9,7 @@ and cost nothing.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -86,11 +87,9 @@ def _check_keys(values: dict) -> None:
             assert METRIC_KEY.match(key), f"metric key {key!r} breaks the naming convention"
 
 
-def test_01_spiking_neurons(run_notebook) -> None:
-    r = run_notebook("01_spiking_neurons")
-    _check_keys(r)
+def claims_01_spiking_neurons(r: dict, p: dict) -> None:
     assert r["rate_vs_simulation_max_abs_diff"] == 0.0  # psi_T is the neuron, exactly
-    for T in PARAMS["ci"]["01_spiking_neurons"]["T_values"]:
+    for T in p["T_values"]:
         half, zero = r[f"max_abs_error_u0_half_T{T}"], r[f"max_abs_error_u0_zero_T{T}"]
         assert half <= 1 / (2 * T) + 1e-6 and zero <= 1 / T + 1e-6
         assert half < 0.6 * zero  # rounding vs flooring: half the worst error
@@ -101,10 +100,14 @@ def test_01_spiking_neurons(run_notebook) -> None:
     assert r["unevenness_negative_first"] == pytest.approx(0.2)
 
 
-def test_02_error_bound(run_notebook) -> None:
-    r = run_notebook("02_error_bound")
+def test_01_spiking_neurons(run_notebook) -> None:
+    r = run_notebook("01_spiking_neurons")
     _check_keys(r)
-    Ts = PARAMS["ci"]["02_error_bound"]["T_values"]
+    claims_01_spiking_neurons(r, PARAMS["ci"]["01_spiking_neurons"])
+
+
+def claims_02_error_bound(r: dict, p: dict) -> None:
+    Ts = p["T_values"]
     assert r["bound_holds_fraction"] == 1.0 and r["split_holds_fraction"] == 1.0
     errors = [r[f"output_error_T{T}"] for T in Ts]
     assert errors == sorted(errors, reverse=True)  # the error falls with T
@@ -117,10 +120,13 @@ def test_02_error_bound(run_notebook) -> None:
     assert r["margin_orders_min"] >= 2  # "a wide margin"
 
 
-def test_03_threshold_balancing(run_notebook) -> None:
-    r = run_notebook("03_threshold_balancing")
+def test_02_error_bound(run_notebook) -> None:
+    r = run_notebook("02_error_bound")
     _check_keys(r)
-    p = PARAMS["ci"]["03_threshold_balancing"]
+    claims_02_error_bound(r, PARAMS["ci"]["02_error_bound"])
+
+
+def claims_03_threshold_balancing(r: dict, p: dict) -> None:
     Ks, Ts = p["K_values"], p["T_values"]
     assert r["theta_smallest_step"] >= 0.0  # theta never decreases
     assert r["overshoot_theta"] == pytest.approx(2.0)  # c = 1 jumps past max z = 1
@@ -139,10 +145,14 @@ def test_03_threshold_balancing(run_notebook) -> None:
     assert r[f"K{min(Ks)}_snn_accuracy_T{max(Ts)}"] < r[f"K{max(Ks)}_snn_accuracy_T{max(Ts)}"]
 
 
-def test_04_channels_and_pooling(run_notebook) -> None:
-    r = run_notebook("04_channels_and_pooling")
+def test_03_threshold_balancing(run_notebook) -> None:
+    r = run_notebook("03_threshold_balancing")
     _check_keys(r)
-    T = max(PARAMS["ci"]["04_channels_and_pooling"]["T_values"])
+    claims_03_threshold_balancing(r, PARAMS["ci"]["03_threshold_balancing"])
+
+
+def claims_04_channels_and_pooling(r: dict, p: dict) -> None:
+    T = max(p["T_values"])
     assert r["theorem2_max_abs_diff"] == 0.0
     assert r["window_pool_currents"] == r["window_ann"] == 0.5
     assert r["window_pool_spikes"] > r["window_ann"] + 0.2  # spike pooling over-counts
@@ -155,10 +165,14 @@ def test_04_channels_and_pooling(run_notebook) -> None:
     assert r["channel_minus_layer_Tmin"] > 0
 
 
-def test_05_classification(run_notebook) -> None:
-    r = run_notebook("05_classification")
+def test_04_channels_and_pooling(run_notebook) -> None:
+    r = run_notebook("04_channels_and_pooling")
     _check_keys(r)
-    Ts = PARAMS["ci"]["05_classification"]["T_values"]
+    claims_04_channels_and_pooling(r, PARAMS["ci"]["04_channels_and_pooling"])
+
+
+def claims_05_classification(r: dict, p: dict) -> None:
+    Ts = p["T_values"]
     # 100 test images: one image is one point. Measured: ANN 95%, SNN 94% at T = 64.
     assert r["snn_accuracy_T64"] >= r["ann_accuracy"] - 0.02
     assert r["vgg_snn_accuracy_T64"] >= r["vgg_ann_accuracy"] - 0.04
@@ -169,10 +183,14 @@ def test_05_classification(run_notebook) -> None:
     assert r["delay_gain_Tmin"] >= r["delay_gain_Tmax"]  # "helps most at small T"
 
 
-def test_06_segmentation(run_notebook) -> None:
-    r = run_notebook("06_segmentation")
+def test_05_classification(run_notebook) -> None:
+    r = run_notebook("05_classification")
     _check_keys(r)
-    T = max(PARAMS["ci"]["06_segmentation"]["timesteps"])
+    claims_05_classification(r, PARAMS["ci"]["05_classification"])
+
+
+def claims_06_segmentation(r: dict, p: dict) -> None:
+    T = max(p["timesteps"])
     for prefix in ("", "deeplabv3_"):
         # 24 scenes at CI size: the SNN within 3 points of its clipped ANN at the largest T,
         # clipping (200 LTB updates at CI size) within 5 points of the ANN, better late than
@@ -182,10 +200,14 @@ def test_06_segmentation(run_notebook) -> None:
         assert r[f"{prefix}snn_miou_T{T}"] > r[f"{prefix}snn_miou_T16"]
 
 
-def test_07_detection(run_notebook) -> None:
-    r = run_notebook("07_detection")
+def test_06_segmentation(run_notebook) -> None:
+    r = run_notebook("06_segmentation")
     _check_keys(r)
-    T = max(PARAMS["ci"]["07_detection"]["timesteps"])
+    claims_06_segmentation(r, PARAMS["ci"]["06_segmentation"])
+
+
+def claims_07_detection(r: dict, p: dict) -> None:
+    T = max(p["timesteps"])
     for prefix in ("", "fcos_"):
         assert r[f"{prefix}snn_map_T{T}"] > 0.85 * r[f"{prefix}ann_map"]
         assert r[f"{prefix}snn_map_T{T}"] > r[f"{prefix}snn_map_T16"]
@@ -194,14 +216,34 @@ def test_07_detection(run_notebook) -> None:
     assert r["fcos_frozen_group_norm_ann_map"] > r["fcos_ann_map"] - 0.05
 
 
-def test_deviations(run_notebook) -> None:
-    r = run_notebook("deviations")
+def test_07_detection(run_notebook) -> None:
+    r = run_notebook("07_detection")
     _check_keys(r)
-    p = PARAMS["ci"]["deviations"]
+    claims_07_detection(r, PARAMS["ci"]["07_detection"])
+
+
+def claims_deviations(r: dict, p: dict) -> None:
     T = max(p["T_values"])
     assert r[f"gated_minus_current_T{T}"] > 0  # gating beats the paper's per-step pooling
     # The estimated delay does not lose to having no delay at the shortest T.
     assert r["delay_auto_minus_none_Tmin"] >= 0
+
+
+def test_deviations(run_notebook) -> None:
+    r = run_notebook("deviations")
+    _check_keys(r)
+    claims_deviations(r, PARAMS["ci"]["deviations"])
+
+
+@pytest.mark.parametrize("name", [n for n in NOTEBOOK_PAGES if n != "08_energy"])
+def test_claims_hold_at_book_parameters(name: str) -> None:
+    """The prose's claims, checked on the numbers of the last `make book` as well."""
+    path = NOTEBOOKS / "results" / "book" / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"no book results at {path}: run `make book` first")
+    r = json.loads(path.read_text())
+    _check_keys(r)
+    globals()[f"claims_{name}"](r, PARAMS["book"][name])
 
 
 def test_widget_cells_record_outputs_without_messaging_the_kernel(tmp_path) -> None:
