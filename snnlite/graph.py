@@ -1,6 +1,6 @@
 """Graph preparation with torch.fx: from a pretrained CNN to a network of activation sites.
 
-What happens to a copy of the model, in order (the book, chapter 5):
+What happens to a copy of the model, in order:
 
 1. trace it with torch.fx (``FrozenBatchNorm2d`` kept as one leaf so it can be folded);
 2. mark the parts the user keeps analog;

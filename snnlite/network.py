@@ -41,7 +41,7 @@ __all__ = ["RateAnalog", "SpikingNetwork", "readout_start"]
 
 Delay = int | Literal["auto", "half"]
 MaxPoolMode = Literal["gated", "current"]
-MIN_WINDOW = 4  # the delay rule: if T < t0 + 4, read out the last 4 steps
+MIN_WINDOW = 4  # if T < t0 + 4, read out the last 4 steps
 CHUNK_STEPS = 16  # time steps per layer call, at most (see _tiling)
 
 
@@ -140,7 +140,7 @@ class SpikingNetwork(nn.Module):
         return copy.deepcopy(self.ann)
 
     def estimate_delay(self, probe: Tensor) -> float:
-        """Estimate when the last layer starts to fire, from one clipped-ANN pass (chapter 5).
+        """Estimate when the last layer starts to fire, from one clipped-ANN pass (book chapter 5).
 
         ``t0 = sum_l (theta_l - u_l(0)) / max_i E_x[ReLU(z_l,i)]`` with ``u(0) = theta / 2``.
         With channel thresholds each channel c gives ``(theta_c / 2) / max_{i in c} E[ReLU z_i]``
