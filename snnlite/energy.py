@@ -65,10 +65,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from snnlite.graph import is_site
-from snnlite.synapses import Activity, fanout_maps
+from snnlite.synapses import Activity, fanout_maps  # noqa: F401 (fanout_maps: re-exported)
 
-__all__ = [
-    "Activity",
+__all__ = [  # Activity and fanout_maps live in snnlite.synapses (imported here for callers)
     "EnergyConstants",
     "EnergyRow",
     "MacCount",
@@ -78,7 +77,6 @@ __all__ = [
     "energy_per_frame",
     "energy_row",
     "energy_table",
-    "fanout_maps",
     "fps_per_watt",
     "recorded_runs",
     "sop_at_fraction",

@@ -218,7 +218,7 @@ class SpikingNetwork(nn.Module):
             progress: show a progress bar (defaults to the setting given at conversion).
             record_spikes: keep per-step spike counts of every neuron (``spike_counts``) and
                 the events and synaptic operations of every spike source, in
-                ``last_activity`` (an :class:`snnlite.energy.Activity`; the fan-out maps are
+                ``last_activity`` (an :class:`snnlite.synapses.Activity`; the fan-out maps are
                 computed for ``x``'s shape first, one ANN pass on one sample).
 
         Returns:
