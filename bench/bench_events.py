@@ -9,7 +9,7 @@ such a path, if exact, to run >= 3x SpikingJelly.
 
 The layer below is exact: it sums the same terms as the dense layer minus the zero ones (only
 the order of the float additions differs) and does not assume the inputs are spikes. With
-``fire`` the IF neuron (method.md §1) runs on each output position as soon as its current is
+``fire`` the IF neuron (book chapter 1) runs on each output position as soon as its current is
 summed, so currents never reach memory. This script checks both against the dense layer and
 :func:`snnlite.neurons.integrate_and_fire`, then times them on the inputs each layer of the
 zoo VGG really receives in ``simulate``, with snnlite's own tiling.

@@ -1,6 +1,6 @@
 """Graph preparation with torch.fx: from a pretrained CNN to a network of activation sites.
 
-What happens to a copy of the model, in order (method.md §5):
+What happens to a copy of the model, in order:
 
 1. trace it with torch.fx (``FrozenBatchNorm2d`` kept as one leaf so it can be folded);
 2. mark the parts the user keeps analog;
@@ -199,6 +199,11 @@ def activation_sites(gm: fx.GraphModule) -> dict[str, ActivationSite]:
         for node in gm.graph.nodes
         if node.op == "call_module" and node.target.startswith(SITES + ".")
     }
+
+
+def is_site(node: fx.Node) -> bool:
+    """Whether a node of a prepared graph calls an activation site."""
+    return node.op == "call_module" and str(node.target).startswith(SITES + ".")
 
 
 def site_nodes(gm: fx.GraphModule) -> list[fx.Node]:

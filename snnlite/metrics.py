@@ -204,11 +204,14 @@ def miou_curve(
     ignore_index: int | None = None,
     progress: bool = True,
     record_spikes: bool = False,
+    predictions: dict | None = None,
 ) -> dict:
     """mIoU of the SNN at every T in ``timesteps`` (one simulation per batch): ``{T: miou}``.
 
     Several delays (a list) are read from the same simulation: ``{delay: {T: miou}}``.
-    ``record_spikes``: as in :func:`accuracy_curve`.
+    ``record_spikes``: as in :func:`accuracy_curve`. ``predictions``: a dict that receives
+    the label maps scored, ``{(T, delay): (N, H, W)}``, so that a viewer (the chapter's
+    widget) shows any image at any of these T without simulating it again.
     """
     timesteps = sorted(set(timesteps))
     delays = _delays(delay)
@@ -223,8 +226,10 @@ def miou_curve(
         for key, output in outputs.items():
             preds[key].append(_segmentation_logits(output).argmax(dim=1))
     recorder.finish()
-    scores = {key: mean_iou(torch.cat(p), masks, num_classes, ignore_index)
-              for key, p in preds.items()}  # fmt: skip
+    labels = {key: torch.cat(p) for key, p in preds.items()}
+    if predictions is not None:
+        predictions.update(labels)
+    scores = {key: mean_iou(p, masks, num_classes, ignore_index) for key, p in labels.items()}
     return _by_delay(scores, delay)
 
 
@@ -257,12 +262,15 @@ def map_curve(
     batch_size: int = 50,
     progress: bool = True,
     record_spikes: bool = False,
+    predictions: dict | None = None,
 ) -> dict:
     """COCO mAP of a spiking detector at every T (one simulation per batch): ``{T: metrics}``.
 
     Several delays (a list) are read from the same simulation: ``{delay: {T: metrics}}``.
     ``record_spikes``: as in :func:`accuracy_curve`; the activity is left in
-    ``spiking_detector.snn.last_activity``.
+    ``spiking_detector.snn.last_activity``. ``predictions``: a dict that receives the
+    detections scored, ``{(T, delay): [one dict per image]}`` (for a viewer, as in
+    :func:`miou_curve`).
     """
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
@@ -279,4 +287,6 @@ def map_curve(
         for key, detections in found.items():
             preds[key].extend(detections)
     recorder.finish()
+    if predictions is not None:
+        predictions.update(preds)
     return _by_delay({key: detection_map(p, targets) for key, p in preds.items()}, delay)

@@ -32,16 +32,16 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from tqdm.auto import tqdm
 
-from snnlite.energy import Activity, fanout_maps, source_name
 from snnlite.graph import ANALOG, SITES, activation_sites, site_nodes
 from snnlite.neurons import IFNeuron
 from snnlite.pooling import MAX_POOL_TYPES, GatedMaxPool
+from snnlite.synapses import Activity, fanout_maps, source_name
 
 __all__ = ["RateAnalog", "SpikingNetwork", "readout_start"]
 
 Delay = int | Literal["auto", "half"]
 MaxPoolMode = Literal["gated", "current"]
-MIN_WINDOW = 4  # method.md §6: if T < t0 + 4, read out the last 4 steps
+MIN_WINDOW = 4  # if T < t0 + 4, read out the last 4 steps
 CHUNK_STEPS = 16  # time steps per layer call, at most (see _tiling)
 
 
@@ -140,7 +140,7 @@ class SpikingNetwork(nn.Module):
         return copy.deepcopy(self.ann)
 
     def estimate_delay(self, probe: Tensor) -> float:
-        """Estimate when the last layer starts to fire, from one clipped-ANN pass (method.md §6).
+        """Estimate when the last layer starts to fire, from one clipped-ANN pass (book chapter 5).
 
         ``t0 = sum_l (theta_l - u_l(0)) / max_i E_x[ReLU(z_l,i)]`` with ``u(0) = theta / 2``.
         With channel thresholds each channel c gives ``(theta_c / 2) / max_{i in c} E[ReLU z_i]``
@@ -218,7 +218,7 @@ class SpikingNetwork(nn.Module):
             progress: show a progress bar (defaults to the setting given at conversion).
             record_spikes: keep per-step spike counts of every neuron (``spike_counts``) and
                 the events and synaptic operations of every spike source, in
-                ``last_activity`` (an :class:`snnlite.energy.Activity`; the fan-out maps are
+                ``last_activity`` (an :class:`snnlite.synapses.Activity`; the fan-out maps are
                 computed for ``x``'s shape first, one ANN pass on one sample).
 
         Returns:

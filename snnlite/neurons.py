@@ -1,8 +1,8 @@
 """The two neuron models of the conversion, as small pure functions wrapped by thin modules.
 
-* ``relux``: the clipped ReLU ``clip(z, 0, theta)`` of the calibrated ANN (method.md §1, §3).
+* ``relux``: the clipped ReLU ``clip(z, 0, theta)`` of the calibrated ANN (book chapters 1, 3).
 * ``integrate_and_fire``: the discrete-time IF neuron with reset by subtraction, membrane
-  initialised at ``theta / 2`` and theta-valued spikes, at most one per step (method.md §1).
+  initialised at ``theta / 2`` and theta-valued spikes, at most one per step (book chapter 1).
 * ``rate``: the closed-form average output ``psi_T`` of that neuron under a constant current,
   the bridge between the two (it tends to ``relux`` as T grows).
 
@@ -54,7 +54,7 @@ def relux(z: Tensor, threshold: Tensor) -> Tensor:
 def rate(z: Tensor, threshold: Tensor | float, timesteps: int) -> Tensor:
     """Average output over ``timesteps`` of an IF neuron driven by the constant current ``z``.
 
-    ``psi_T(z) = theta / T * clip(floor(z * T / theta + 1/2), 0, T)`` (method.md §1). It is
+    ``psi_T(z) = theta / T * clip(floor(z * T / theta + 1/2), 0, T)`` (book chapter 1). It is
     exactly what :func:`integrate_and_fire` produces for a constant input (tested), and it
     tends to ``clip(z, 0, theta)`` as T grows. Silent neurons (theta = 0) give 0.
     """

@@ -33,6 +33,8 @@ PARAMS_ENV = "SNNLITE_PARAMS"
 def profile_parameters(notebook: str, path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The parameter overrides of ``notebook`` under the active profile ({} if none is set).
 
+    Under a profile, ``results_dir`` defaults to ``results/<profile>``.
+
     Raises if a profile is set but the file or the notebook's entry is missing: a book built
     silently with the small test values would publish the wrong numbers.
     """
@@ -46,9 +48,13 @@ def profile_parameters(notebook: str, path: str | os.PathLike | None = None) -> 
         raise FileNotFoundError(f"{PROFILE_ENV}={profile} but no parameter file at {file}")
     table = yaml.safe_load(file.read_text()) or {}
     try:
-        return dict(table[profile][notebook] or {})
+        values = dict(table[profile][notebook] or {})
     except KeyError:
         raise KeyError(f"{file} has no entry {profile}.{notebook}") from None
+    # A profile's numbers go to their own folder (results/book/...), where the tests check
+    # the prose's claims at the profile's parameters too; the CI runs write elsewhere.
+    values.setdefault("results_dir", str(Path("results") / profile))
+    return values
 
 
 def _plain(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Max pooling in time: the window winner chosen by accumulated input (method.md §4).
+"""Max pooling in time: the window winner chosen by accumulated input (book chapter 4).
 
 Pooling the per-step currents of a time-varying input is biased: ``mean_t max_i z_i(t) >=
 max_i mean_t z_i(t)``, and the gap grows with T. Gating each window by accumulated input

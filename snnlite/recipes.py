@@ -6,11 +6,12 @@ returns what the next layer should see; afterwards :meth:`ThresholdRecipe.thresh
 site's threshold. The converter (:mod:`snnlite.convert`) is separate from the recipes, as in
 SpikingJelly's ann2snn.
 
-* :class:`LocalThresholdBalancing` (method.md §3): ``theta <- theta + c * mean 2 (z - theta)+``
+* :class:`LocalThresholdBalancing` (book chapter 3): ``theta <- theta + c * mean 2 (z - theta)+``
   from ``theta = 0``, once per batch, output ``clip(z, 0, theta)`` with the updated theta, so a
   layer sees inputs produced with the already-updated thresholds upstream. The expected step
-  is never negative and the only fixed point is the maximum, so the number of updates K is a
-  hidden percentile: ``P(z > theta_K) ~ 1 / (2K)``.
+  is never negative and every ``theta >= max z`` is a fixed point (a step of c = 1 from below
+  can also jump past the maximum), so the number of updates K is a hidden percentile:
+  ``P(z > theta_K) ~ 1 / (2K)``.
 * :class:`MaxNorm` (Diehl et al. 2015): the maximum activation.
 * :class:`RobustNorm` (Rueckauer et al. 2017): a percentile (99.9 by default) of the positive
   activations.
@@ -92,7 +93,7 @@ class ThresholdRecipe(nn.Module):
 
 
 class LocalThresholdBalancing(ThresholdRecipe):
-    """Greedy minimisation of ``E || clip(z, 0, theta) - ReLU(z) ||^2`` (method.md §3)."""
+    """Greedy minimisation of ``E || clip(z, 0, theta) - ReLU(z) ||^2`` (book chapter 3)."""
 
     def __init__(
         self, granularity: Granularity = "channel", cap: float = math.inf, step_size: float = 1.0

@@ -1,6 +1,6 @@
 """Theorem 1 made measurable: every term of the conversion error bound on a real network.
 
-The bound (method.md §2) relates the SNN's average output ``phi_l`` of layer l to the ANN's
+The bound (book chapter 2) relates the SNN's average output ``phi_l`` of layer l to the ANN's
 activation ``a_l = ReLU(z_l)``:
 
     e_l = ||phi_l - a_l|| <= eps_l + Lip(f_l) * e_{l-1},    eps_l = ||phi_l - ReLU(f_l(phi_{l-1}))||

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -82,7 +83,26 @@ def vgg_zoo_snn(request, fashion):
 # --- the book's chapters ------------------------------------------------------------------
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+SOLUTION = re.compile(r"<details>(.*?)</details>", flags=re.S)
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", flags=re.S)
 CELL_TIMEOUT = 300  # seconds per cell: 5x the slowest CI-sized cell, turns a hang into an error
+
+
+def solution_code(markdown: str) -> list[str]:
+    """The Python blocks inside the ``<details>`` solutions of a Markdown cell."""
+    return [code for block in SOLUTION.findall(markdown) for code in PYTHON_BLOCK.findall(block)]
+
+
+def with_solutions(notebook: Path, target: Path) -> Path:
+    """A copy of ``notebook`` whose solution blocks run as code cells before its last cell."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for cell in nb.cells if cell.cell_type == "markdown"
+            for c in solution_code(cell.source)]  # fmt: skip
+    nb.cells[-1:-1] = [nbformat.v4.new_code_cell(c) for c in code]
+    nbformat.write(nb, target)
+    return target
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +112,8 @@ def run_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     The ``ci`` section of notebooks/params.yml overrides the chapter's ``parameters`` cell and
     ``results_dir`` points at a temporary folder, where the chapter writes ``<name>.json``.
     The book's profile variables are cleared so that the ``ci`` values are the ones used.
+    The exercises' solutions (Python blocks inside ``<details>``, folded in Jupyter as on the
+    web) run too: they are appended as code cells before the chapter's last cell.
     """
     papermill = pytest.importorskip("papermill")
     import yaml
@@ -109,10 +131,11 @@ def run_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     def run(name: str) -> dict:
         if name not in done:
             parameters = {**(ci.get(name) or {}), "results_dir": str(out)}
+            source = with_solutions(NOTEBOOKS / f"{name}.ipynb", out / f"{name}.in.ipynb")
             for attempt in (1, 2):
                 try:
                     papermill.execute_notebook(
-                        str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
+                        str(source), str(out / f"{name}.ipynb"),
                         parameters=parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
                         progress_bar=False, execution_timeout=CELL_TIMEOUT,
                     )  # fmt: skip

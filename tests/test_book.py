@@ -1,5 +1,8 @@
 """The book renders offline: build the introduction and chapter 1, open them in headless Chromium.
 
+Every chapter of the full build (``make book``, when book/_build/html exists) is also opened,
+and no code block may be wider than its box (no sideways scrolling).
+
 A fast build (intro + chapter 1 at its CI parameters, into a temporary folder, with the same
 configuration and vendored JavaScript as `make book`) is rendered by Debian's ``chromium`` with
 every network request refused. After JavaScript ran, the DOM must hold typeset math (MathJax's
@@ -66,12 +69,12 @@ def site(tmp_path_factory) -> Path:
     return src / "_build" / "html"
 
 
-def render(page: Path, screenshot: Path | None = None) -> str:
+def render(page: Path, screenshot: Path | None = None, width: int = 1200) -> str:
     """The DOM of ``page`` after its JavaScript ran, with all network access refused."""
     base = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
         "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-        "--virtual-time-budget=15000", "--window-size=1200,2400",
+        "--virtual-time-budget=15000", f"--window-size={width},2400",
     ]  # fmt: skip
     if screenshot is not None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +90,57 @@ def visible_text(dom: str) -> str:
     dom = re.sub(r"<(script|style|pre)\b.*?</\1>", "", dom, flags=re.S)
     dom = re.sub(r"<mjx-container\b.*?</mjx-container>", "", dom, flags=re.S)
     return re.sub(r"<[^>]+>", " ", dom)
+
+
+OVERFLOW_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const code = document.querySelectorAll("div.cell_input pre, div.highlight-python pre");
+  const wide = [...code].filter((pre) => pre.scrollWidth > pre.clientWidth + 1);
+  document.body.setAttribute("data-code-blocks", String(code.length));
+  document.body.setAttribute("data-too-wide", String(wide.length));
+});
+</script>"""
+
+
+# At 1440 px and wider the theme's content column has its full width (786 px of code box:
+# 79 characters at 14 px); narrower windows give part of it to the page's table of contents.
+FULL_WIDTH = 1440
+
+
+def code_overflow(page: Path) -> tuple[int, int]:
+    """(code blocks, code blocks wider than their box) of ``page`` as Chromium lays it out."""
+    probe = page.with_name(page.stem + ".width-probe.html")
+    probe.write_text(page.read_text().replace("</body>", OVERFLOW_SCRIPT + "</body>"))
+    try:
+        dom = render(probe, width=FULL_WIDTH)
+    finally:
+        probe.unlink()
+    blocks = re.search(r'data-code-blocks="(\d+)"', dom)
+    wide = re.search(r'data-too-wide="(\d+)"', dom)
+    assert blocks and wide, "the width probe did not run"
+    return int(blocks.group(1)), int(wide.group(1))
+
+
+def _toc_notebooks() -> list[str]:
+    import yaml
+
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    return [entry["file"] for part in toc["parts"] for entry in part["chapters"]
+            if entry["file"].startswith("notebooks/")]  # fmt: skip
+
+
+def test_chapter_1_code_fits_the_page(site: Path) -> None:
+    blocks, wide = code_overflow(site / "notebooks" / "01_spiking_neurons.html")
+    assert blocks >= 5 and wide == 0, (blocks, wide)
+
+
+@pytest.mark.parametrize("page", _toc_notebooks())
+def test_every_chapter_code_fits_the_page(page: str) -> None:
+    html = BOOK / "_build" / "html" / f"{page}.html"
+    if not html.is_file():
+        pytest.skip("no full build: run `make book` first")
+    blocks, wide = code_overflow(html)
+    assert blocks >= 3 and wide == 0, (page, blocks, wide)
 
 
 def test_intro_typesets_math_offline(site: Path) -> None:

@@ -38,7 +38,10 @@ def test_segmentation_snn_reaches_its_ann(name, scenes):
     x, masks = scenes["images"], scenes["semantic"].long()
     ann = metrics.ann_miou(model, x, masks, NUM_CLASSES)
     relux = metrics.ann_miou(snn.relux(), x, masks, NUM_CLASSES)
-    curve = metrics.miou_curve(snn, x, masks, NUM_CLASSES, [32, 256], progress=False)
+    kept: dict = {}  # what chapter 6's widget shows: the scored label maps
+    curve = metrics.miou_curve(snn, x, masks, NUM_CLASSES, [32, 256], progress=False,
+                               predictions=kept)  # fmt: skip
+    assert metrics.mean_iou(kept[(256, "auto")], masks, NUM_CLASSES) == curve[256]
     # Clipping costs a little; more with this test's short calibration (200 updates clip
     # ~1/400 of activations: DeepLabV3 -3.8 points here, -0.4 with 600 in results/).
     assert abs(relux - ann) < 0.05, (ann, relux)
@@ -56,7 +59,11 @@ def test_detection_snn_reaches_its_ann(name, scenes):
     images, targets = list(scenes["images"]), scenes["targets"]
     ann = metrics.ann_map(model, images, targets)["map"]
     relux = metrics.detection_map(detector.ann(images), targets)["map"]
-    curve = metrics.map_curve(detector, images, targets, [32, 256], progress=False)
+    kept: dict = {}  # what chapter 7's widget shows: the scored detections
+    curve = metrics.map_curve(detector, images, targets, [32, 256], progress=False,
+                              predictions=kept)  # fmt: skip
+    assert len(kept[(256, "auto")]) == len(images)
+    assert metrics.detection_map(kept[(256, "auto")], targets) == curve[256]
     snn = {T: m["map"] for T, m in curve.items()}
     assert relux > 0.8 * ann, (ann, relux)
     assert snn[256] > 0.85 * relux, (relux, snn)  # 24 scenes: a loose bound; see results/

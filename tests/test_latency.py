@@ -146,3 +146,38 @@ def test_bias_correction_zeroes_the_mean_error_of_each_site(images: torch.Tensor
     after = site_errors(snn, images, T)
     for name in before:
         assert after[name].abs().mean() <= 0.1 * before[name].abs().mean() + 1e-5, name
+
+
+def test_potential_correction_zeroes_the_mean_error_from_t0(images: torch.Tensor) -> None:
+    """The charge added to each site's initial potential cancels (to a fifth or less) its
+    mean error over the window that starts at t = 0, and (a charge, not a current) it leaves
+    the clipped ANN and every threshold as they were."""
+    snn = snnlite.convert(_small_cnn(), list(images.split(32)), iterations=30, progress=False)
+    thresholds = {name: theta.clone() for name, theta in snn.thresholds.items()}
+    T = 6
+    before = site_errors(snn, images, T)
+    correct_bias(snn, images, T, into="charge", progress=False)
+    after = site_errors(snn, images, T)
+    for name in before:  # a charge moves whole spikes: a coarser control than a current
+        assert after[name].abs().mean() <= 0.2 * before[name].abs().mean() + 1e-5, name
+        assert torch.equal(thresholds[name], snn.thresholds[name])
+    sites = activation_sites(snn.ann).values()
+    assert all(site.bias is None and site.charge is not None for site in sites)
+
+
+def test_default_tuning_sets_every_part(images: torch.Tensor) -> None:
+    """target_timesteps with the default parts: T-aware thresholds (new, at most the largest
+    input current of their site), a charge per site, no bias, and the only delay T = 4
+    allows (the whole window)."""
+    calibration = list(images.split(32))
+    paper = snnlite.convert(_small_cnn(), calibration, iterations=30, progress=False)
+    fast = snnlite.convert(_small_cnn(), calibration, iterations=30, progress=False,
+                           target_timesteps=4, tuning_size=64)  # fmt: skip
+    for name, theta in fast.thresholds.items():
+        top = _site_inputs(fast.ann, name, [images[:64]]).transpose(0, 1).flatten(1).amax(1)
+        assert not torch.equal(theta, paper.thresholds[name])
+        assert ((theta >= 0) & (theta <= top.clamp(min=0) + 1e-6)).all()
+    for site in activation_sites(fast.ann).values():
+        assert site.bias is None and site.charge is not None
+    assert fast.delay_estimate in (0.0,)  # T = 4 leaves one candidate: the whole window
+

@@ -102,3 +102,28 @@ def test_detection_map_by_hand() -> None:
 def test_detection_map_rejects_mismatched_lists() -> None:
     with pytest.raises(ValueError, match="predictions but"):
         detection_map([], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
+
+
+# ---------------------------------------------------------------- curves keep what they scored
+
+
+def test_miou_curve_hands_over_the_label_maps_it_scored(photo_crops) -> None:
+    """``predictions=`` receives {(T, delay): labels}: what chapter 6's widget shows, no rerun."""
+    import snnlite
+    from snnlite import metrics
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(6, 4, 1)).eval()  # fmt: skip
+    x = photo_crops[:6]
+    masks = model(x).argmax(1).detach()
+    snn = snnlite.convert(model, [x[:3], x[3:]], progress=False)
+    kept: dict = {}
+    curve = metrics.miou_curve(snn, x, masks, 4, [4, 16], ["auto", 0], batch_size=4,
+                               progress=False, predictions=kept)  # fmt: skip
+    assert set(kept) == {(4, "auto"), (16, "auto"), (4, 0), (16, 0)}
+    direct = snn.simulate(x[:4], [16], delay=0, progress=False)[16].argmax(1)
+    assert torch.equal(kept[(16, 0)][:4], direct)
+    for (T, delay), labels in kept.items():
+        assert labels.shape == masks.shape
+        assert curve[delay][T] == metrics.mean_iou(labels, masks, 4)

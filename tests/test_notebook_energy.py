@@ -10,18 +10,27 @@ largest T close to the ANN's).
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 NAME = "08_energy"
+BOOK_RESULTS = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "book"
 E_SOP, E_MAC = 77e-15, 12.5e-12  # the paper's constants, joules per SOP / per MAC
 
 
-@pytest.fixture(scope="module")
-def results(run_notebook) -> dict[str, Any]:
-    return run_notebook(NAME)
+@pytest.fixture(scope="module", params=["ci", "book"])
+def results(request, run_notebook) -> dict[str, Any]:
+    """The CI run's numbers, then those of the last `make book` (skipped if there is none)."""
+    if request.param == "ci":
+        return run_notebook(NAME)
+    book = BOOK_RESULTS / f"{NAME}.json"
+    if not book.is_file():
+        pytest.skip(f"no book results at {book}: run `make book` first")
+    return json.loads(book.read_text())
 
 
 def _models(results: dict[str, Any]) -> list[str]:
@@ -95,3 +104,9 @@ def test_fanout_border_of_padded_conv(results: dict[str, Any]) -> None:
     high, low = results["fmnist_vgg_first_fanout_max"], results["fmnist_vgg_first_fanout_min"]
     assert high * 4 == low * 9
     assert high % 9 == 0
+
+
+def test_mac_per_sop_ratios_quoted_in_the_text(results: dict[str, Any]) -> None:
+    # The prose: a SOP costs "about 160" times less than a MAC with the paper's constants.
+    assert results["mac_per_sop_paper"] == pytest.approx(160, rel=0.05)
+    assert results["mac_per_sop_45nm"] < 10  # "the gap shrinks"

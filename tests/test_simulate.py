@@ -40,7 +40,7 @@ def test_snn_approaches_the_clipped_ann(resnet_zoo_snn, fashion) -> None:
 
 
 def test_auto_delay_helps_at_short_time_steps(resnet_zoo_snn, fashion) -> None:
-    """The estimated delay (method.md §6) gives a better readout than no delay at small T."""
+    """The estimated delay gives a better readout than no delay at small T."""
     x = fashion["test"][:16]
     with torch.no_grad():
         target = resnet_zoo_snn.relux()(x)

@@ -22,6 +22,7 @@ from snnlite.zoo.models import (
 )
 from snnlite.zoo.registry import (
     REGISTRY,
+    RESULTS_DIR,
     WEIGHTS_DIR,
     WeightsHashError,
     ZooEntry,
@@ -37,6 +38,7 @@ from snnlite.zoo.registry import (
 
 __all__ = [
     "REGISTRY",
+    "RESULTS_DIR",
     "WEIGHTS_DIR",
     "FashionResNet",
     "FashionVGG",
