@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import torch
@@ -25,7 +24,7 @@ import snnlite
 from snnlite.data import fashion_mnist_tensors
 from snnlite.latency import LATENCY_PARTS, latency_parts_of, tune_for_latency
 from snnlite.metrics import accuracy_curve, ann_accuracy
-from snnlite.zoo.registry import RESULTS_DIR, load
+from snnlite.zoo.registry import load, write_result
 
 TIMESTEPS = (4, 8, 16, 32, 64)
 TARGETS = (8, 16)
@@ -121,10 +120,7 @@ def main() -> None:
         f"--calibration-batches {args.calibration_batches} "
         f"--calibration-batch {args.calibration_batch} --tuning-size {args.tuning_size}"
     )
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{args.model}_latency.json"
-    path.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(f"{args.model}_latency.json", table)
 
 
 if __name__ == "__main__":

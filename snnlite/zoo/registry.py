@@ -292,6 +292,15 @@ def info(name: str) -> dict:
     }
 
 
+def write_result(filename: str, table: dict) -> Path:
+    """Store a measured table as ``RESULTS_DIR / filename`` (indented JSON); return the path."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / filename
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def snn_accuracy(name: str) -> dict | None:
     """The stored SNN results of ``name``, if any. A classifier: test accuracy at T = 8 ... 256
     for LTB channel/layer, robust-norm and max-norm (``python -m snnlite.zoo.snn_table``). A

@@ -13,7 +13,6 @@ as ``snn_accuracy``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -21,7 +20,7 @@ import torch
 import snnlite
 from snnlite.data import fashion_mnist_tensors
 from snnlite.metrics import accuracy_curve, ann_accuracy
-from snnlite.zoo.registry import RESULTS_DIR, load
+from snnlite.zoo.registry import load, write_result
 
 TIMESTEPS = (8, 16, 32, 64, 128, 256)
 RECIPES = {  # label: convert() arguments
@@ -78,10 +77,7 @@ def main() -> None:
     torch.manual_seed(0)
     table = measure(args.model, args.images, args.calibration_batches,
                     args.calibration_batch, args.batch_size)  # fmt: skip
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{args.model}.json"
-    path.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(f"{args.model}.json", table)
 
 
 if __name__ == "__main__":
