@@ -23,9 +23,10 @@ parts, each optional (forward passes and closed-form updates; no gradient, no tr
    or as a charge added to the initial membrane potential (``"potential"``, the default),
    whose effect on the mean rate falls as 1/T like the errors it cancels (the quantisation
    error and the charge that deep layers miss while spikes travel up the network).
-3. **The readout delay** that serves the target T best: among the possible delays, the one
-   whose readout is closest (mean squared error) to the clipped ANN's output on the
-   calibration images (:func:`choose_delay`). Labels are never needed.
+3. **The readout delay** that serves each T best: among the possible delays, the one whose
+   readout is closest (mean squared error) to the clipped ANN's output on the calibration
+   images (:func:`choose_delays`), for T = 4, 8, ..., 64 and the target, all read from one
+   simulation; ``delay="auto"`` then follows this schedule. Labels are never needed.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ __all__ = [
     "latency_parts_of",
     "check_target",
     "choose_delay",
+    "choose_delays",
+    "delay_grid",
     "correct_bias",
     "quantisation_objective",
     "site_errors",
@@ -64,6 +67,7 @@ VALUES_PER_CHANNEL = 2**16  # activations kept per threshold for its 1-D search
 GRID_POINTS = 128  # fractions of the largest activation tried before refining
 BASINS = 4  # best grid points refined (the objective has several local minima)
 BIAS_ROUNDS = 2  # Newton steps per site of the bias correction
+DELAY_SAMPLES = 256  # calibration images the delay schedule is chosen on (the first ones)
 MIN_SLOPE = 0.1  # the smallest slope d(mean rate)/d(bias) a Newton step assumes
 BLOCK_ELEMENTS = 2**23  # values evaluated at once by the objective (memory bound)
 REFINE_STEPS = 24  # golden-section steps: the bracket shrinks to 0.618**24 ~ 1e-5 of its width
@@ -350,12 +354,34 @@ def choose_delay(snn: SpikingNetwork, inputs: Tensor, timesteps: int) -> int:
     Every delay ``0 .. T - MIN_WINDOW`` is read from one simulation. Ties go to the shorter
     delay.
     """
-    candidates = sorted({readout_start(timesteps, d) for d in range(timesteps)})
+    return choose_delays(snn, inputs, [timesteps])[timesteps]
+
+
+def choose_delays(snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int]) -> dict[int, int]:
+    """:func:`choose_delay` for several T at once, all read from ONE simulation to max(T).
+
+    The best delay grows with T (a longer run can afford to skip more of its transient), so
+    a network read out at several T is given one delay per T: ``{T: delay}``, the
+    ``delay_schedule`` that ``delay="auto"`` follows (:meth:`SpikingNetwork.auto_delay`).
+    """
+    steps = sorted(set(timesteps))
+    candidates = {T: sorted({readout_start(T, d) for d in range(T)}) for T in steps}
+    every = sorted({d for ds in candidates.values() for d in ds})
     with torch.no_grad():
         reference = snn.ann(inputs)
-    readouts = snn.simulate(inputs, [timesteps], delay=candidates, progress=False)
-    errors = {d: _output_error(readouts[(timesteps, d)], reference) for d in candidates}
-    return min(candidates, key=lambda d: (errors[d], d))
+    readouts = snn.simulate(inputs, steps, delay=every, progress=False)
+    chosen = {}
+    for T in steps:
+        errors = {d: _output_error(readouts[(T, d)], reference) for d in candidates[T]}
+        chosen[T] = min(candidates[T], key=lambda d: (errors[d], d))
+    return chosen
+
+
+def delay_grid(target: int) -> list[int]:
+    """The T's a low-latency network's delay is chosen for: powers of two from 4 to 64, and
+    the target itself (beyond the grid, :meth:`SpikingNetwork.auto_delay` keeps the
+    fraction of the run that the largest T's delay skips)."""
+    return sorted({4, 8, 16, 32, 64, target})
 
 
 # --- all parts -------------------------------------------------------------------------------
@@ -381,6 +407,7 @@ def tune_for_latency(
     delay that serves T best with the corrections in place. Sets ``snn.delay_estimate``.
     """
     timesteps = check_target(timesteps)
+    snn.delay_schedule = None  # chosen for the network as it was; re-chosen below if asked
     if parts.thresholds:
         tune_thresholds(snn.ann, list(torch.split(inputs, 128)), timesteps, progress=progress)
         snn.delay_estimate = snn.estimate_delay(inputs[:256])
@@ -393,5 +420,7 @@ def tune_for_latency(
         correct_bias(snn, inputs, timesteps, 0, into="charge", progress=progress)
         snn.delay_estimate = 0.0  # the window the charge was calibrated for
     if parts.delay:
-        snn.delay_estimate = float(choose_delay(snn, inputs, timesteps))
+        schedule = choose_delays(snn, inputs[:DELAY_SAMPLES], delay_grid(timesteps))
+        snn.delay_schedule = schedule
+        snn.delay_estimate = float(schedule[timesteps])
     return snn

@@ -114,6 +114,7 @@ class SpikingNetwork(nn.Module):
         *,
         max_pool: MaxPoolMode = "gated",
         delay_estimate: float | None = None,
+        delay_schedule: Mapping[int, int] | None = None,
         work_bytes: int = 8 * 2**20,
         progress: bool = True,
     ) -> None:
@@ -123,6 +124,7 @@ class SpikingNetwork(nn.Module):
         self.ann = ann
         self.max_pool = max_pool
         self.delay_estimate = delay_estimate
+        self.delay_schedule = dict(delay_schedule) if delay_schedule else None
         self.work_bytes = work_bytes
         self.progress = progress
 
@@ -204,8 +206,8 @@ class SpikingNetwork(nn.Module):
         Args:
             x: an input batch (N, ...), fed to the first layer at every step (direct coding).
             timesteps: one T or several; each must be a positive integer.
-            delay: steps skipped before the readout window: an int, ``"auto"`` (the estimate
-                made at conversion, :meth:`estimate_delay`) or ``"half"`` (T/2). See
+            delay: steps skipped before the readout window: an int, ``"auto"`` (the delay
+                chosen at conversion, :meth:`auto_delay`) or ``"half"`` (T/2). See
                 :func:`readout_start` for the rule.
             chunk_size: time steps folded into one batched call of every layer.
             batch_size: samples simulated together (samples are independent, so a large
@@ -358,11 +360,28 @@ class SpikingNetwork(nn.Module):
         runner.reset()
         return {name: torch.cat(values) for name, values in parts.items()}
 
+    def auto_delay(self, timesteps: int) -> float:
+        """The delay ``delay="auto"`` uses for a run of ``timesteps`` steps.
+
+        With a ``delay_schedule`` (``{T: delay}``, chosen per T by the low-latency tuning,
+        :func:`snnlite.latency.choose_delays`): the entry of the largest scheduled T not above
+        ``timesteps`` (the smallest entry below the schedule), and beyond the largest
+        scheduled T the same fraction of the run. Otherwise the one ``delay_estimate`` made
+        at conversion (:meth:`estimate_delay`), for every T.
+        """
+        if self.delay_schedule:
+            scheduled = sorted(self.delay_schedule)
+            below = [T for T in scheduled if T <= timesteps]
+            key = below[-1] if below else scheduled[0]
+            delay = self.delay_schedule[key]
+            return delay * timesteps / key if timesteps > scheduled[-1] else delay
+        if self.delay_estimate is None:
+            raise ValueError("delay='auto' needs a delay estimate: call estimate_delay()")
+        return self.delay_estimate
+
     def _delay_steps(self, T: int, delay: Delay | float) -> float:
         if delay == "auto":
-            if self.delay_estimate is None:
-                raise ValueError("delay='auto' needs a delay estimate: call estimate_delay()")
-            return self.delay_estimate
+            return self.auto_delay(T)
         if delay == "half":
             return T // 2
         if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:

@@ -13,7 +13,10 @@ import snnlite
 from snnlite.graph import activation_sites
 from snnlite.latency import (
     _site_inputs,
+    choose_delay,
+    choose_delays,
     correct_bias,
+    delay_grid,
     latency_parts_of,
     quantisation_objective,
     site_errors,
@@ -181,3 +184,31 @@ def test_default_tuning_sets_every_part(images: torch.Tensor) -> None:
         assert site.bias is None and site.charge is not None
     assert fast.delay_estimate in (0.0,)  # T = 4 leaves one candidate: the whole window
 
+
+
+def test_auto_delay_follows_the_schedule() -> None:
+    """delay="auto" takes the entry of the largest scheduled T not above the run, the
+    smallest entry below the schedule, and the same fraction of the run beyond it."""
+    snn = snnlite.SpikingNetwork(nn.Identity(), delay_estimate=3.0,
+                                 delay_schedule={8: 4, 16: 6, 64: 32})  # fmt: skip
+    expected = {4: 4, 8: 4, 12: 4, 16: 6, 63: 6, 64: 32, 128: 64, 256: 128}
+    assert {T: snn.auto_delay(T) for T in expected} == expected
+    snn.delay_schedule = None
+    assert snn.auto_delay(128) == 3.0
+
+
+def test_choose_delays_from_one_run_equals_one_choice_per_t(images: torch.Tensor) -> None:
+    """The schedule read from one simulation equals choosing each T's delay on its own, and
+    tune_for_latency installs it: delay="auto" reads every T with its own delay."""
+    calibration = list(images.split(32))
+    snn = snnlite.convert(_small_cnn(), calibration, iterations=30, progress=False,
+                          target_timesteps=8, tuning_size=64)  # fmt: skip
+    grid = delay_grid(8)
+    assert grid == [4, 8, 16, 32, 64]
+    schedule = choose_delays(snn, images[:64], grid)
+    assert schedule == {T: choose_delay(snn, images[:64], T) for T in grid}
+    assert snn.delay_schedule == schedule and snn.delay_estimate == schedule[8]
+    auto = snn.simulate(images[:16], grid, progress=False)
+    for T in grid:
+        fixed = snn.simulate(images[:16], [T], delay=schedule[T], progress=False)[T]
+        assert torch.equal(auto[T], fixed)
