@@ -53,6 +53,7 @@ __all__ = [
     "check_target",
     "choose_delay",
     "choose_delays",
+    "correction_samples",
     "delay_grid",
     "correct_bias",
     "quantisation_objective",
@@ -67,7 +68,9 @@ VALUES_PER_CHANNEL = 2**16  # activations kept per threshold for its 1-D search
 GRID_POINTS = 128  # fractions of the largest activation tried before refining
 BASINS = 4  # best grid points refined (the objective has several local minima)
 BIAS_ROUNDS = 2  # Newton steps per site of the bias correction
-DELAY_SAMPLES = 256  # calibration images the delay schedule is chosen on (the first ones)
+DELAY_SAMPLES = 128  # calibration images the delay schedule is chosen on (the first ones)
+CORRECTION_STEPS = 4096  # images x T simulated per site and round by the corrections
+MIN_CORRECTION_SAMPLES = 64
 MIN_SLOPE = 0.1  # the smallest slope d(mean rate)/d(bias) a Newton step assumes
 BLOCK_ELEMENTS = 2**23  # values evaluated at once by the objective (memory bound)
 REFINE_STEPS = 24  # golden-section steps: the bracket shrinks to 0.618**24 ~ 1e-5 of its width
@@ -377,6 +380,18 @@ def choose_delays(snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int])
     return chosen
 
 
+def correction_samples(timesteps: int) -> int:
+    """Images the mean-error corrections simulate at a target T: ``CORRECTION_STEPS / T``,
+    at least ``MIN_CORRECTION_SAMPLES``.
+
+    Their cost is images x T simulated steps per site and round, so a fixed budget keeps the
+    tuning's cost flat in T. A long target needs fewer images for the same precision: the
+    rate it measures is averaged over more steps, and its mean error is smaller to begin
+    with.
+    """
+    return max(MIN_CORRECTION_SAMPLES, CORRECTION_STEPS // timesteps)
+
+
 def delay_grid(target: int) -> list[int]:
     """The T's a low-latency network's delay is chosen for: powers of two from 4 to 64, and
     the target itself (beyond the grid, :meth:`SpikingNetwork.auto_delay` keeps the
@@ -404,20 +419,23 @@ def tune_for_latency(
     channel added to the initial membrane potential, calibrated for the window that starts at
     t = 0 (its effect on the mean rate falls as 1/T, like the transient and quantisation
     errors it cancels, so one correction serves every T from the target on); and last the
-    delay that serves T best with the corrections in place. Sets ``snn.delay_estimate``.
+    delay that serves each T best with the corrections in place (``snn.delay_schedule``;
+    ``snn.delay_estimate`` is the target's). The corrections simulate the first
+    :func:`correction_samples` images, the delay the first ``DELAY_SAMPLES``.
     """
     timesteps = check_target(timesteps)
     snn.delay_schedule = None  # chosen for the network as it was; re-chosen below if asked
     if parts.thresholds:
         tune_thresholds(snn.ann, list(torch.split(inputs, 128)), timesteps, progress=progress)
         snn.delay_estimate = snn.estimate_delay(inputs[:256])
+    few = inputs[: correction_samples(timesteps)]  # a fixed budget of simulated steps
     if parts.bias:
         if parts.delay:
-            snn.delay_estimate = float(choose_delay(snn, inputs, timesteps))
+            snn.delay_estimate = float(choose_delay(snn, few, timesteps))
         start = readout_start(timesteps, snn.delay_estimate or 0)
-        correct_bias(snn, inputs, timesteps, start, progress=progress)
+        correct_bias(snn, few, timesteps, start, progress=progress)
     if parts.potential:
-        correct_bias(snn, inputs, timesteps, 0, into="charge", progress=progress)
+        correct_bias(snn, few, timesteps, 0, into="charge", progress=progress)
         snn.delay_estimate = 0.0  # the window the charge was calibrated for
     if parts.delay:
         schedule = choose_delays(snn, inputs[:DELAY_SAMPLES], delay_grid(timesteps))
