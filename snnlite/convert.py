@@ -182,7 +182,19 @@ def calibrate(
                 if kept < keep:
                     samples.append(x[: keep - kept])
                     kept += len(samples[-1])
-                ann(x)
+                if index > 0:
+                    ann(x)
+                    continue
+                try:  # the first batch fits the model or not; all others have its shape
+                    ann(x)
+                except torch.OutOfMemoryError:
+                    raise
+                except (RuntimeError, ValueError, IndexError) as error:
+                    raise ValueError(
+                        f"the model cannot run on calibration batch 0 of shape "
+                        f"{tuple(x.shape)}: pass batches (N, ...) of the model's input "
+                        f"shape ({error})"
+                    ) from error
     finally:
         for name, site in originals.items():
             setattr(container, name, site)
