@@ -320,7 +320,7 @@ def test_corrupt_truncated_or_foreign_weight_files_get_one_clear_error(tmp_path:
     shutil.copyfile(zoo.info("fmnist_resnet")["file"], foreign)
     files_before = tree_hash(tmp_path)
 
-    with pytest.raises(zoo.WeightsHashError, match=r"sha256 mismatch.*git checkout -- "
+    with pytest.raises(zoo.WeightsHashError, match=r"(?s)sha256 mismatch.*git checkout -- "
                        r"snnlite/zoo/weights/fmnist_vgg\.pth.*train_classifier"):  # fmt: skip
         zoo.load(name, path=truncated)
     with pytest.raises(zoo.WeightsFileError, match=r"truncated, corrupt, or not a state dict"):
