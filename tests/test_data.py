@@ -45,6 +45,15 @@ def fashion_root(tmp_path_factory):
     return root
 
 
+def test_missing_data_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    """The rule fashion_root follows: CI=true turns a would-be skip into a failure."""
+    for value, outcome in (("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                           ("", pytest.skip.Exception), ("false", pytest.skip.Exception)):
+        monkeypatch.setenv("CI", value)
+        with pytest.raises(outcome, match="make data"):
+            missing_data("no data: run `make data`")
+
+
 def test_fashion_mnist_loads_offline(fashion_root):
     train = fashion_mnist("train", root=fashion_root, download=False)
     test = fashion_mnist("test", root=fashion_root, download=False)
