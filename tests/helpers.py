@@ -103,11 +103,11 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def missing_data(message: str) -> None:
-    """Fail in CI, skip elsewhere: a CI run must never go green without the tests that need
-    data; on a developer's machine a skip that says how to get the data is enough.
+def skip_or_fail(message: str) -> None:
+    """Fail in CI, skip elsewhere: a CI run must never go green without the tests that need a
+    dataset or a tool; on a developer's machine a skip that says how to get it is enough.
     ``message`` must name the command that fixes it."""
     if in_ci():
-        pytest.fail(f"{message} (CI=true: a missing dataset fails instead of skipping)",
+        pytest.fail(f"{message} (CI=true: what is missing fails instead of skipping)",
                     pytrace=False)  # fmt: skip
     pytest.skip(message)

@@ -21,7 +21,7 @@ from snnlite.data import (
     photo_names,
     scene_tensors,
 )
-from tests.helpers import missing_data
+from tests.helpers import skip_or_fail
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
@@ -41,17 +41,17 @@ def fashion_root(tmp_path_factory):
     try:
         fashion_mnist("test", root=root)  # the cache, or torchvision downloads all four files
     except DatasetNotFoundError as error:
-        missing_data(f"no Fashion-MNIST for these tests: {error}")
+        skip_or_fail(f"no Fashion-MNIST for these tests: {error}")
     return root
 
 
-def test_missing_data_fails_in_ci_and_skips_elsewhere(monkeypatch):
+def test_a_missing_requirement_fails_in_ci_and_skips_elsewhere(monkeypatch):
     """The rule fashion_root follows: CI=true turns a would-be skip into a failure."""
     for value, outcome in (("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
                            ("", pytest.skip.Exception), ("false", pytest.skip.Exception)):
         monkeypatch.setenv("CI", value)
         with pytest.raises(outcome, match="make data"):
-            missing_data("no data: run `make data`")
+            skip_or_fail("no data: run `make data`")
 
 
 def test_fashion_mnist_loads_offline(fashion_root):
