@@ -117,17 +117,17 @@ def check_input(
 def check_runs(ann: nn.Module, x: Tensor, sample_shape: tuple[int, ...] | None) -> None:
     """Check that ``x`` fits the network; a shape that does not gets one ValueError.
 
-    ``sample_shape`` is the shape of one calibration sample, when known: samples of that shape
-    are known to fit. Any other shape (a fully convolutional network may take other sizes) is
-    tried on one sample through the clipped ANN, which costs far less than a simulation and
-    turns a channel or size mismatch deep inside the graph into an error naming both shapes.
+    ``sample_shape`` is the shape of one calibration sample (set by ``convert``): samples of
+    that shape are known to fit, and without it (a network built by hand) nothing is checked
+    here. Any other shape (a fully convolutional network may take other sizes) is tried on one
+    sample through the clipped ANN, which costs far less than a simulation and turns a channel
+    or size mismatch deep inside the graph into an error naming both shapes; forward hooks on
+    the network's layers see that one extra pass.
     """
-    if sample_shape is not None and tuple(x.shape[1:]) == tuple(sample_shape):
+    if sample_shape is None or tuple(x.shape[1:]) == tuple(sample_shape):
         return
-    calibrated = "" if sample_shape is None else (
-        f"; it was calibrated on samples of shape {tuple(sample_shape)}"
-    )
-    if sample_shape is not None and x.dim() != len(sample_shape) + 1:
+    calibrated = f"; it was calibrated on samples of shape {tuple(sample_shape)}"
+    if x.dim() != len(sample_shape) + 1:
         raise ValueError(
             f"x has shape {tuple(x.shape)}{calibrated}: pass a batch (N, "
             f"{', '.join(map(str, sample_shape))}); a single sample needs x.unsqueeze(0)"
