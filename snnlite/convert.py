@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from snnlite.checks import check_eval_mode, check_input, read_calibration, reference_of
 from snnlite.graph import SITES, activation_sites, frozen_group_norms, prepare
 from snnlite.latency import (
     LATENCY_PARTS,
@@ -56,8 +57,12 @@ def convert(
 
     Args:
         model: an eval-mode CNN of conv / linear / batch-norm / ReLU-like / pooling / add /
-            cat / upsample / flatten layers. It is copied, never modified.
-        calibration: an iterable of input batches, or of (input, target) batches.
+            cat / upsample / flatten layers. It is copied, never modified. A model whose batch
+            norms or dropout are in training mode is refused (call ``model.eval()``).
+        calibration: an iterable of input batches, or of (input, target) batches, with
+            the model's dtype (batches on another device are moved
+            to the model's). An error the iterable raises comes back as a
+            :class:`snnlite.checks.CalibrationDataError` chained to it.
         method: ``"ltb"`` local threshold balancing, ``"max"`` max-norm, ``"robust"``
             percentile norm.
         granularity: ``"layer"`` (one threshold per site) or ``"channel"`` (per conv channel
@@ -90,6 +95,7 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_eval_mode(model)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if granularity not in ("layer", "channel"):
@@ -129,6 +135,7 @@ def convert(
     for name, site in sites.items():
         site.threshold = recipes[name].threshold().to(site.threshold.device)
     snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress)
+    snn.sample_shape = tuple(probe.shape[1:])
     snn.delay_estimate = snn.estimate_delay(probe[:probe_size])
     if parts is not None:
         tune_for_latency(snn, probe[:tuning_size], target_timesteps, parts, progress=progress)
@@ -151,7 +158,7 @@ def calibrate(
     """
     container = ann.get_submodule(SITES)
     originals = {name: getattr(container, name) for name in recipes}
-    device = _device_of(ann)
+    reference = reference_of(ann)
     first: Tensor | None = None
     samples: list[Tensor] = []
     kept = 0
@@ -163,24 +170,32 @@ def calibrate(
                        unit="batch", disable=not progress, leave=False)  # fmt: skip
         with torch.no_grad():
             for index, batch in enumerate(batches):
-                x = _input_of(batch, index).to(device)
-                if not torch.isfinite(x).all():
-                    raise ValueError(f"calibration batch {index} contains NaN or inf values")
+                x = _input_of(batch, index, reference)
                 if first is None:
                     first = x
-                if kept < keep:
+                if kept < keep and x.shape[1:] == first.shape[1:]:
                     samples.append(x[: keep - kept])
                     kept += len(samples[-1])
-                ann(x)
+                try:  # fully convolutional models may take batches of different sizes
+                    ann(x)
+                except torch.OutOfMemoryError:
+                    raise
+                except (RuntimeError, ValueError, IndexError) as error:
+                    other = x.shape[1:] != first.shape[1:]
+                    raise ValueError(
+                        f"the model cannot run on calibration batch {index} of shape "
+                        f"{tuple(x.shape)}"
+                        + (f" (batch 0 had samples of shape {tuple(first.shape[1:])})"
+                           if other else "")
+                        + f": pass batches (N, ...) of the model's input shape ({error})"
+                    ) from error
     finally:
         for name, site in originals.items():
             setattr(container, name, site)
     if first is None:
         raise ValueError("calibration data is empty: pass an iterable of input batches")
     if keep > len(first) and len(samples) > 1:
-        if len({tuple(s.shape[1:]) for s in samples}) > 1:
-            raise ValueError("calibration batches have different sample shapes")
-        return torch.cat(samples)
+        return torch.cat(samples)  # all of batch 0's sample shape
     return first
 
 
@@ -194,17 +209,14 @@ def measure_group_norms(
     """Measure every FrozenGroupNorm's statistics on calibration batches (with the sites as
     they are, i.e. the original ReLUs before thresholds are set), then freeze them."""
     norms = frozen_group_norms(ann)
-    device = _device_of(ann)
+    reference = reference_of(ann)
     total = _length(calibration)
     total = batches if total is None else min(batches, total)
     seen = tqdm(_batches(calibration, batches), total=total, desc="group norms", unit="batch",
                 disable=not progress, leave=False)  # fmt: skip
     with torch.no_grad():
         for index, batch in enumerate(seen):
-            x = _input_of(batch, index).to(device)
-            if not torch.isfinite(x).all():
-                raise ValueError(f"calibration batch {index} contains NaN or inf values")
-            ann(x)
+            ann(_input_of(batch, index, reference))
     if not norms or any(norm.samples == 0 for norm in norms.values()):
         raise ValueError("calibration data is empty: pass an iterable of input batches")
     for norm in norms.values():
@@ -213,13 +225,13 @@ def measure_group_norms(
 
 def _batches(calibration: Iterable[Any], iterations: int | None) -> Iterator[Any]:
     if iterations is None:
-        yield from calibration
+        yield from read_calibration(calibration)
         return
     one_shot = iter(calibration) is calibration
     produced = 0
     while produced < iterations:
         got_any = False
-        for batch in calibration:
+        for batch in read_calibration(calibration):
             got_any = True
             yield batch
             produced += 1
@@ -236,8 +248,11 @@ def _batches(calibration: Iterable[Any], iterations: int | None) -> Iterator[Any
             return
 
 
-def _input_of(batch: Any, index: int) -> Tensor:
-    """The input tensor of a calibration batch: the batch itself or its first element."""
+def _input_of(
+    batch: Any, index: int, reference: tuple[torch.dtype, torch.device] | None = None
+) -> Tensor:
+    """The input tensor of a calibration batch (the batch itself or its first element), checked
+    and moved to the network's device (``reference``: its dtype and device)."""
     if torch.is_tensor(batch):
         x = batch
     elif isinstance(batch, list | tuple) and batch and torch.is_tensor(batch[0]):
@@ -249,8 +264,9 @@ def _input_of(batch: Any, index: int) -> Tensor:
         )
     if x.numel() == 0:
         raise ValueError(f"calibration batch {index} is empty")
-    if not x.is_floating_point():
-        raise TypeError(f"calibration batch {index} has dtype {x.dtype}: expected floats")
+    x = check_input(x, reference, f"calibration batch {index}", move=True)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"calibration batch {index} contains NaN or inf values")
     return x
 
 
@@ -259,9 +275,3 @@ def _length(iterable: Iterable[Any]) -> int | None:
         return len(iterable)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        return tensor.device
-    return torch.device("cpu")

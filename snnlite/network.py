@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from tqdm.auto import tqdm
 
+from snnlite.checks import check_delay, check_input, check_runs, check_timesteps, reference_of
 from snnlite.graph import ANALOG, SITES, activation_sites, site_nodes
 from snnlite.neurons import IFNeuron
 from snnlite.pooling import MAX_POOL_TYPES, GatedMaxPool
@@ -127,6 +128,8 @@ class SpikingNetwork(nn.Module):
         self.delay_schedule = dict(delay_schedule) if delay_schedule else None
         self.work_bytes = work_bytes
         self.progress = progress
+        # One calibration sample's shape (set by convert): named when an input does not fit.
+        self.sample_shape: tuple[int, ...] | None = None
 
     # --- the ANN side ------------------------------------------------------------------
 
@@ -204,11 +207,15 @@ class SpikingNetwork(nn.Module):
         every window read from the same run (e.g. ``["auto", "half"]`` at the cost of one).
 
         Args:
-            x: an input batch (N, ...), fed to the first layer at every step (direct coding).
-            timesteps: one T or several; each must be a positive integer.
-            delay: steps skipped before the readout window: an int, ``"auto"`` (the delay
-                chosen at conversion, :meth:`auto_delay`) or ``"half"`` (T/2). See
-                :func:`readout_start` for the rule.
+            x: an input batch (N, ...), fed to the first layer at every step (direct coding),
+                with the network's dtype and on its device (else a TypeError / ValueError
+                that says so, before anything runs).
+            timesteps: one T or several; each must be a positive integer (numpy integers
+                too; floats such as ``8.0`` are refused).
+            delay: steps skipped before the readout window: a number >= 0, ``"auto"`` (the
+                delay chosen at conversion, :meth:`auto_delay`) or ``"half"`` (T/2). See
+                :func:`readout_start` for the rule: a delay that leaves fewer than
+                ``MIN_WINDOW`` steps (one longer than T too) reads out the last ``MIN_WINDOW``.
             chunk_size: time steps folded into one batched call of every layer.
             batch_size: samples simulated together (samples are independent, so a large
                 batch is split into tiles simulated one after the other).
@@ -228,8 +235,7 @@ class SpikingNetwork(nn.Module):
             ``d_T < t <= T``, with the same structure as the model's output.
         """
         steps_wanted = _check_timesteps(timesteps)
-        if not torch.is_tensor(x):
-            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        x = check_input(x, reference_of(self.ann))
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError("x must be a non-empty batch (N, ...)")
         if not torch.isfinite(x).all():
@@ -239,9 +245,10 @@ class SpikingNetwork(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self._check_thresholds()
         several = isinstance(delay, list | tuple)
-        delays = list(delay) if several else [delay]
+        delays = [check_delay(d) for d in delay] if several else [check_delay(delay)]
         if not delays:
             raise ValueError("delay is an empty list")
+        check_runs(self.ann, x, self.sample_shape)
         windows = {  # (T, delay) -> (d, T): the readout is the mean over steps d < t <= T
             (T, d): (readout_start(T, self._delay_steps(T, d)), T)
             for T in steps_wanted
@@ -279,7 +286,7 @@ class SpikingNetwork(nn.Module):
         readouts = {key: _concatenate([part[key] for part in parts]) for key in windows}
         if several:
             return readouts
-        return {T: readouts[(T, delay)] for T in steps_wanted}
+        return {T: readouts[(T, delays[0])] for T in steps_wanted}
 
     def _simulate_tile(
         self,
@@ -333,6 +340,7 @@ class SpikingNetwork(nn.Module):
         rates of early layers cost only the layers up to them.
         """
         T = _check_timesteps(timesteps)[0]
+        x = check_input(x, reference_of(self.ann))
         if not 0 <= start < T:
             raise ValueError(f"start must be in [0, {T}), got {start!r}")
         self._check_thresholds()
@@ -384,9 +392,7 @@ class SpikingNetwork(nn.Module):
             return self.auto_delay(T)
         if delay == "half":
             return T // 2
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-            raise ValueError(f"delay must be a non-negative int, 'auto' or 'half', got {delay!r}")
-        return delay
+        return check_delay(delay)  # type: ignore[return-value]  # a number here
 
     def _check_thresholds(self) -> None:
         for name, theta in self.thresholds.items():
@@ -414,13 +420,7 @@ class _WindowSums:
 
 
 def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
-    values = [timesteps] if isinstance(timesteps, int) else list(timesteps)
-    if not values:
-        raise ValueError("timesteps is empty")
-    for T in values:
-        if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
-            raise ValueError(f"every time step count T must be a positive integer, got {T!r}")
-    return sorted(set(values))
+    return check_timesteps(timesteps)
 
 
 def _tiling(

@@ -8,6 +8,7 @@ import torch
 
 from snnlite.data import (
     SCENE_CLASSES,
+    DatasetNotFoundError,
     FashionScenes,
     augmented_crops,
     collate_detection,
@@ -20,18 +21,37 @@ from snnlite.data import (
     photo_names,
     scene_tensors,
 )
+from tests.helpers import skip_or_fail
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
 
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory):
-    """A fresh data root seeded offline (from Debian's package)."""
-    if not fashion.DEBIAN_DIR.is_dir() and not fashion._has_raw(fashion.default_root()):
-        pytest.skip("no offline Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    """A data root with Fashion-MNIST: a fresh one seeded offline if Debian's package is
+    installed, else the default root (its cache, or torchvision's download into it).
+
+    Without any of them the tests that need it fail in CI (``CI=true``, which ``make test``
+    sets) with the command to fix it, so CI never goes green without them; elsewhere they
+    are skipped with that message.
+    """
     if fashion.DEBIAN_DIR.is_dir():
         return tmp_path_factory.mktemp("fmnist")
-    return fashion.default_root()
+    root = fashion.default_root()
+    try:
+        fashion_mnist("test", root=root)  # the cache, or torchvision downloads all four files
+    except DatasetNotFoundError as error:
+        skip_or_fail(f"no Fashion-MNIST for these tests: {error}")
+    return root
+
+
+def test_a_missing_requirement_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    """The rule fashion_root follows: CI=true turns a would-be skip into a failure."""
+    for value, outcome in (("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                           ("", pytest.skip.Exception), ("false", pytest.skip.Exception)):
+        monkeypatch.setenv("CI", value)
+        with pytest.raises(outcome, match="make data"):
+            skip_or_fail("no data: run `make data`")
 
 
 def test_fashion_mnist_loads_offline(fashion_root):

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import snnlite
-from snnlite.graph import SITES
 from snnlite.network import CHUNK_STEPS, _tiling, readout_start
+from tests.helpers import oracle
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -135,54 +135,7 @@ def test_the_first_layer_current_is_computed_once(resnet_snn, photo_crops) -> No
 
 
 # --- an independent oracle: the plainest possible step-by-step simulation -----------------
-
-
-class StepIF(nn.Module):
-    """One IF neuron step at a time, written independently of snnlite.neurons."""
-
-    def __init__(self, threshold: torch.Tensor) -> None:
-        super().__init__()
-        self.theta = threshold
-        self.u = None
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        theta = self.theta.view(-1, *([1] * (z.dim() - 2))) if self.theta.dim() else self.theta
-        if self.u is None:
-            self.u = (theta / 2).expand_as(z).clone()
-        self.u = self.u + z
-        spike = torch.where((self.u >= theta) & (theta > 0), theta, torch.zeros_like(self.u))
-        self.u = self.u - spike
-        return spike
-
-
-class StepGatedPool(nn.Module):
-    """Max pool gated by the running sum of its input, one step at a time."""
-
-    def __init__(self, pool: nn.MaxPool2d) -> None:
-        super().__init__()
-        self.pool, self.sum = pool, None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sum = x.clone() if self.sum is None else self.sum + x
-        _, idx = nn.functional.max_pool2d(
-            self.sum, self.pool.kernel_size, self.pool.stride, self.pool.padding,
-            return_indices=True,
-        )  # fmt: skip
-        return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-
-
-def oracle(snn: snnlite.SpikingNetwork, x: torch.Tensor, steps: int, gated: bool) -> torch.Tensor:
-    """Mean output over ``steps`` steps of the graph with per-step stateful modules."""
-    net = snn.relux()
-    for name, site in list(net.get_submodule(SITES).named_children()):
-        setattr(net.get_submodule(SITES), name, StepIF(site.threshold))
-    if gated:
-        for name, module in list(net.named_modules()):
-            if isinstance(module, nn.MaxPool2d):
-                parent, _, attr = name.rpartition(".")
-                setattr(net.get_submodule(parent) if parent else net, attr, StepGatedPool(module))
-    with torch.no_grad():
-        return torch.stack([net(x) for _ in range(steps)]).mean(0)
+# (StepIF, StepGatedPool and oracle live in tests/helpers.py, shared with test_properties)
 
 
 class VGGStyle(nn.Module):

