@@ -340,7 +340,7 @@ def test_widget_cells_record_outputs_without_messaging_the_kernel(tmp_path) -> N
     papermill = pytest.importorskip("papermill")
     from nbclient import output_widget
 
-    from snnlite.notebook import headless_widgets
+    from tests.conftest import headless_widgets
 
     headless_widgets()
     nb = nbformat.v4.new_notebook()

@@ -15,7 +15,7 @@ Two kinds of entries exist:
 
 Segmentation (FCN, DeepLabV3) and detection (RetinaNet, FCOS) entries are trained here on
 ``snnlite.data.FashionScenes``; their ``extra`` holds the exact generator arguments of the
-train and test scenes (``scene_eval.TRAIN_SCENES`` / ``TEST_SCENES``) and how inputs are fed.
+train and test scenes (``TRAIN_SCENES`` / ``TEST_SCENES``, below) and how inputs are fed.
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ from torch import nn
 from snnlite.data import FASHION_MNIST_CLASSES, SCENE_CLASSES
 from snnlite.zoo import models as _models
 from snnlite.zoo.models import FashionResNet, FashionVGG
-from snnlite.zoo.scene_eval import TEST_SCENES, TRAIN_SCENES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # measured SNN accuracy tables
 
 TASKS = ("classification", "segmentation", "detection")
+
+# Arguments of FashionScenes for the zoo's train and test splits.
+TRAIN_SCENES = {"split": "train", "num_scenes": 5000, "size": 96, "seed": 0, "max_items": 4}
+TEST_SCENES = {"split": "test", "num_scenes": 500, "size": 96, "seed": 0, "max_items": 4}
 
 
 class WeightsHashError(RuntimeError):

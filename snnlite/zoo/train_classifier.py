@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from snnlite.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist_tensors
+from snnlite.metrics import ann_accuracy
 from snnlite.zoo import training
 from snnlite.zoo.registry import build
 from snnlite.zoo.training import file_record, reload, save_weights
@@ -48,18 +49,6 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]  # (n, 1, w)
     idx = torch.arange(n)[:, None, None]
     return padded[idx, 0, rows, cols].unsqueeze(1)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000
-             ) -> float:
-    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        pred = model(images[i:i + batch]).argmax(1)
-        correct += int((pred == labels[i:i + batch]).sum())
-    return correct / len(images)
 
 
 def train(
@@ -142,7 +131,7 @@ def _train(
             sched.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        acc = evaluate(model, x_test, y_test)
+        acc = ann_accuracy(model, x_test, y_test, 1000)
         print(f"epoch {epoch + 1}/{epochs}: train loss {total / steps_per_epoch:.4f}  "
               f"test acc {acc:.4f}  cpu {(time.process_time() - cpu0) / 60:.1f} min", flush=True)
     cpu_min = (time.process_time() - cpu0) / 60
@@ -151,7 +140,7 @@ def _train(
     save_weights(model, out)
     # Re-measure on the file as stored, loaded into a fresh float32 model.
     fresh = reload(lambda: build(model_name), out)
-    accuracy = evaluate(fresh, x_test, y_test)
+    accuracy = ann_accuracy(fresh, x_test, y_test, 1000)
     return file_record(model_name, fresh, out, cpu_min, wall_min, test_accuracy=accuracy)
 
 

@@ -6,7 +6,7 @@ Usage::
         --out snnlite/zoo/weights/scenes_fcn.pth
 
 Why it looks like this: the weights must be reproducible on a laptop, so training uses one
-CPU thread, a fixed seed, the scenes generated once into memory (``scene_eval.TRAIN_SCENES``),
+CPU thread, a fixed seed, the scenes generated once into memory (``registry.TRAIN_SCENES``),
 random horizontal flips of image and mask together, per-pixel cross-entropy on the
 full-resolution logits (torchvision's FCN/DeepLabV3 upsample to the input size) and AdamW
 with a OneCycle schedule (robust from scratch, no tuning per model). It prints the mIoU of

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from snnlite.zoo.registry import sha256_file
+
 
 def save_weights(model: nn.Module, out: Path, skip_suffix: str | None = None) -> None:
     """Save ``model``'s state_dict to ``out`` as contiguous copies (stable bytes); keys ending
@@ -35,8 +37,6 @@ def reload(builder: Callable[[], nn.Module], out: Path) -> nn.Module:
 def file_record(model_name: str, fresh: nn.Module, out: Path, cpu_minutes: float,
                 wall_minutes: float, **metrics: float) -> dict:
     """What the registry records about a trained file: its metrics, cost, size and hash."""
-    from snnlite.zoo.registry import sha256_file  # here: the registry imports the models
-
     return {
         "model": model_name,
         **metrics,

@@ -51,7 +51,6 @@ ANN; FPS/W = 1 / energy per frame in joules. Any task (here segmentation)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -65,6 +64,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from snnlite.graph import is_site
+from snnlite.metrics import ann_accuracy
 from snnlite.synapses import Activity, fanout_maps  # noqa: F401 (fanout_maps: re-exported)
 
 __all__ = [  # Activity and fanout_maps live in snnlite.synapses (imported here for callers)
@@ -366,8 +366,6 @@ def classification_energy(
     With the ANN's own top-1 as ``labels`` the metric is the SNN's agreement with the ANN
     (the ANN's is 1 by construction): name it with ``metric``.
     """
-    from snnlite.metrics import ann_accuracy  # here: metrics imports network imports energy
-
     timesteps = sorted(set(timesteps))
     correct = dict.fromkeys(timesteps, 0)
 
@@ -386,63 +384,3 @@ def classification_energy(
         metric=metric, preset=preset,
     )  # fmt: skip
     return row, activity, curve
-
-
-def _main(argv: list[str] | None = None) -> None:
-    """Energy tables of zoo classifiers (LTB channel-wise, delay auto)::
-
-        python -m snnlite.energy --models fmnist_vgg fmnist_resnet --images 500
-        python -m snnlite.energy --models mobilenet_v2_imagenet --images 64 --photo-size 96
-
-    Fashion-MNIST models: top-1 accuracy on the first test images, calibrated on 3000
-    training images. MobileNetV2 (ImageNet): no labelled ImageNet is at hand offline, so the
-    metric is the SNN's top-1 agreement with the ANN on augmented crops of the scikit-image
-    photos (calibration: other crops of them, batches of 16).
-    """
-    import snnlite
-    from snnlite import zoo
-    from snnlite.data import augmented_crops, fashion_mnist_tensors
-
-    parser = argparse.ArgumentParser(description=_main.__doc__)
-    parser.add_argument("--models", nargs="+", default=["fmnist_vgg", "fmnist_resnet"])
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[4, 8, 12, 16, 24, 32, 48,
-                                                                     64, 96, 128, 256])
-    parser.add_argument("--photo-size", type=int, default=96, help="ImageNet models' crops")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    if any(name.startswith("fmnist") for name in args.models):  # loaded once for all of them
-        test, test_labels = fashion_mnist_tensors("test")
-        fashion_calibration = list(fashion_mnist_tensors("train")[0][:3000].split(50))
-    rows = []
-    for name in args.models:
-        model = zoo.load(name)
-        if name.startswith("fmnist"):
-            calibration, metric, batch = fashion_calibration, "accuracy", 250
-            images, labels = test[: args.images], test_labels[: args.images]
-        else:  # an ImageNet model: agreement with the ANN on photo crops
-            calibration = list(augmented_crops(320, seed=1, size=args.photo_size).split(16))
-            images = augmented_crops(args.images, seed=2, size=args.photo_size)
-            with torch.no_grad():
-                labels = model(images).argmax(dim=1)
-            metric, batch = "agreement", 32  # larger images than Fashion-MNIST: smaller batches
-        snn = snnlite.convert(model, calibration, progress=False)
-        row, activity, curve = classification_energy(
-            name, model, snn, images, labels, args.timesteps, batch_size=batch, metric=metric
-        )
-        rows.append(row)
-        print(f"\n## {name}\n{metric} over T: "
-              + ", ".join(f"T={T}: {100 * a:.1f}%" for T, a in curve.items()))  # fmt: skip
-        sops = activity.sops_at(args.timesteps)
-        print("SOPs per image over T: " + ", ".join(f"T={T}: {s:.4g}" for T, s in sops.items()))
-        T = row.sop90[0] if row.sop90 else max(args.timesteps)
-        print(f"\nper source at T={T}:\n" + layer_table(activity, T), flush=True)
-    for preset in PRESETS.values():
-        print(f"\n### constants '{preset.name}': {preset.joules_per_sop * 1e15:g} fJ per SOP, "
-              f"{preset.joules_per_mac * 1e12:g} pJ per MAC\n")  # fmt: skip
-        print(energy_table(dataclasses.replace(row, preset=preset) for row in rows))
-
-
-if __name__ == "__main__":
-    _main()
-
