@@ -61,10 +61,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from snnlite.graph import is_site
-from snnlite.metrics import ann_accuracy
+from snnlite.metrics import ann_accuracy, simulate_batches
 from snnlite.synapses import Activity, fanout_maps  # noqa: F401 (fanout_maps: re-exported)
 
 __all__ = [  # Activity and fanout_maps live in snnlite.synapses (imported here for callers)
@@ -328,19 +327,14 @@ def recorded_runs(
     ``batches`` yields inputs or ``(inputs, targets)``; ``update({T: output}, batch)`` updates
     the caller's metric (top-1, mIoU, mAP: any task). ``simulate`` defaults to
     ``snn.simulate``; pass e.g. a :class:`~snnlite.detection.SpikingDetector`'s ``simulate``
-    (its ``.snn`` as ``snn``) so that the outputs are detections. Returns the merged activity.
+    (its ``.snn`` as ``snn``) so that the outputs are detections. ``options`` go to
+    ``simulate`` (delay, chunk_size, ...). Returns the activity of all batches (also left in
+    ``snn.last_activity``): an adapter on :func:`snnlite.metrics.simulate_batches`.
     """
-    run = simulate or snn.simulate
-    timesteps = sorted(set(timesteps))
-    activity: Activity | None = None
-    for batch in batches:
-        inputs = batch[0] if isinstance(batch, tuple | list) else batch
-        outputs = run(inputs, timesteps, record_spikes=True, progress=False, **options)
-        update(outputs, batch)
-        current = snn.last_activity
-        activity = current if activity is None else activity.merge(current)
-    if activity is None:
-        raise ValueError("no batches to simulate")
+    pairs = ((batch[0] if isinstance(batch, tuple | list) else batch, batch) for batch in batches)
+    activity = simulate_batches(snn, pairs, timesteps, update, simulate=simulate,
+                                record_spikes=True, **options)  # fmt: skip
+    assert activity is not None  # record_spikes=True
     return activity
 
 
@@ -369,14 +363,15 @@ def classification_energy(
     timesteps = sorted(set(timesteps))
     correct = dict.fromkeys(timesteps, 0)
 
-    def update(outputs: dict[int, Tensor], batch: tuple[Tensor, Tensor]) -> None:
+    def update(outputs: dict[int, Tensor], y: Tensor) -> None:
         for T, logits in outputs.items():
-            correct[T] += int((logits.argmax(1) == batch[1]).sum())
+            correct[T] += int((logits.argmax(1) == y).sum())
 
     batches = [(images[i : i + batch_size], labels[i : i + batch_size])
                for i in range(0, len(images), batch_size)]  # fmt: skip
-    bar = tqdm(batches, desc=name, disable=not progress)
-    activity = recorded_runs(snn, bar, timesteps, update, delay=delay)
+    activity = simulate_batches(snn, batches, timesteps, update, delay=delay,
+                                record_spikes=True, progress=progress, desc=name)  # fmt: skip
+    assert activity is not None  # record_spikes=True
     curve = {T: correct[T] / len(images) for T in timesteps}
     row = energy_row(
         name, curve, activity.sops_at(timesteps), ann_accuracy(model, images, labels),
