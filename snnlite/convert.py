@@ -119,8 +119,9 @@ def convert(
             calibration = list(calibration)
         measure_group_norms(ann, calibration, progress=progress)
     recipes = {
-        name: make_recipe(method, granularity, site.cap, step_size=step_size,
-                          percentile=percentile)  # fmt: skip
+        name: make_recipe(
+            method, granularity, site.cap, step_size=step_size, percentile=percentile
+        )  # fmt: skip
         for name, site in sites.items()
     }
     keep = tuning_size if parts is not None else probe_size

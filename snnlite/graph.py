@@ -171,8 +171,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def describe(node: fx.Node) -> str:
     """``node 'name' (target) at file:line``, for error messages."""
-    target = node.target if isinstance(node.target, str) else getattr(
-        node.target, "__name__", str(node.target)
+    target = (
+        node.target
+        if isinstance(node.target, str)
+        else getattr(node.target, "__name__", str(node.target))
     )
     where = ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', node.stack_trace or "")
@@ -293,8 +295,10 @@ def _mark_analog(gm: fx.GraphModule, names: list[str]) -> None:
 
 def _is_inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
-        return node.target in _INPLACE_FUNCTIONS or node.target in (F.relu_, torch.relu_) or (
-            bool(node.kwargs.get("inplace"))
+        return (
+            node.target in _INPLACE_FUNCTIONS
+            or node.target in (F.relu_, torch.relu_)
+            or (bool(node.kwargs.get("inplace")))
         )
     if node.op == "call_method":
         return str(node.target).endswith("_")
@@ -500,6 +504,7 @@ def _fold_batchnorms(gm: fx.GraphModule) -> None:
 
 def _fuse(layer: nn.Module, bn: nn.Module) -> nn.Module | None:
     """A copy of ``layer`` with the eval-mode ``bn`` that follows it folded in, or None."""
+
     # Fold in float64, then cast back: small running variances amplify rounding otherwise.
     def double(t):
         return None if t is None else t.detach().double()

@@ -163,8 +163,7 @@ def mean_iou(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if preds.numel() == 0:
         raise ValueError("no pixels to score")
-    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
-                                        validate_args=True)
+    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=True)
     matrix = confmat(preds.flatten().long(), targets.flatten().long()).double()  # (C, C)
     tp = matrix.diag()
     union = matrix.sum(0) + matrix.sum(1) - tp  # predicted + true - both

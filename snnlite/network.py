@@ -636,6 +636,7 @@ class _Runner:
                     del env[arg]
         raise RuntimeError("graph has no output node")
 
+
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     value: Any = gm
     for part in target.split("."):

@@ -276,9 +276,7 @@ def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
     return dict(zip(names, args)) | dict(kwargs)
 
 
-def _sum_pool(
-    x: Tensor, kernel: Any, stride: Any, padding: Any, ceil_mode: bool
-) -> Tensor:
+def _sum_pool(x: Tensor, kernel: Any, stride: Any, padding: Any, ceil_mode: bool) -> Tensor:
     """Average pooling's connection indicator: the same windows, summed (divisor 1)."""
     spatial = x.dim() - 2
     if spatial == 1:  # no divisor_override in 1-D: a 2-D pool of height 1

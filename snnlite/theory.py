@@ -170,9 +170,11 @@ def _segment_lipschitz(ann: fx.GraphModule, end: fx.Node, shapes: dict[fx.Node, 
         elif isinstance(module, nn.MaxPool2d | nn.MaxPool1d):
             if module.kernel_size != module.stride or module.padding not in (0, (0, 0)):
                 raise ValueError(f"max pool {node.target!r} has overlapping windows")
-        elif isinstance(module, _ONE_LIPSCHITZ) or (
-            node.op == "call_function" and getattr(node.target, "__name__", "") == "flatten"
-        ) or (node.op == "call_method" and node.target in ("flatten", "view", "reshape")):
+        elif (
+            isinstance(module, _ONE_LIPSCHITZ)
+            or (node.op == "call_function" and getattr(node.target, "__name__", "") == "flatten")
+            or (node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
+        ):
             pass
         else:
             raise ValueError(f"no Lipschitz bound for node {node.name!r} ({node.op} {node.target})")

@@ -96,6 +96,8 @@ def headless_widgets() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.headless_widgets()
+
+
 SOLUTION = re.compile(r"<details>(.*?)</details>", flags=re.S)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", flags=re.S)
 CELL_TIMEOUT = 300  # seconds per cell: 5x the slowest CI-sized cell, turns a hang into an error

@@ -152,9 +152,7 @@ def test_the_import_graph_has_no_cycle() -> None:
             visit(module, [])
 
 
-@pytest.mark.parametrize(
-    "module", [m for m in MODULES if not m.endswith("__main__")]
-)
+@pytest.mark.parametrize("module", [m for m in MODULES if not m.endswith("__main__")])
 def test_each_module_imports_alone(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                             text=True, cwd=PACKAGE.parent, timeout=300)  # fmt: skip

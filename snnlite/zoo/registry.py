@@ -87,6 +87,7 @@ def _tv_weights(spec: str) -> torchvision.models.WeightsEnum:
 
 _MOBILENET = _tv_weights("MobileNet_V2_Weights.IMAGENET1K_V1")
 
+
 def _scenes_extra(inputs: str) -> dict:
     return {
         "train_scenes": dict(TRAIN_SCENES),  # FashionScenes(**train_scenes)
@@ -95,16 +96,22 @@ def _scenes_extra(inputs: str) -> dict:
     }
 
 
-_SEG_INPUTS = ("raw FashionScenes images (N, 3, 96, 96) in [0, 1], no normalisation; "
-               "returns {'out': (N, 11, 96, 96) logits}")
-_DET_INPUTS = ("a list of raw FashionScenes images (3, 96, 96) in [0, 1]; the model's "
-               "GeneralizedRCNNTransform normalises (SCENE_MEAN/STD) and never resizes; "
-               "labels 1..10 = SCENE_CLASSES index")
+_SEG_INPUTS = (
+    "raw FashionScenes images (N, 3, 96, 96) in [0, 1], no normalisation; "
+    "returns {'out': (N, 11, 96, 96) logits}"
+)
+_DET_INPUTS = (
+    "a list of raw FashionScenes images (3, 96, 96) in [0, 1]; the model's "
+    "GeneralizedRCNNTransform normalises (SCENE_MEAN/STD) and never resizes; "
+    "labels 1..10 = SCENE_CLASSES index"
+)
 
 
 def _scenes_command(script: str, name: str, epochs: int, extra: str = "") -> str:
-    return (f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} {extra}--seed 0 "
-            f"--out snnlite/zoo/weights/{name}.pth")
+    return (
+        f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} {extra}--seed 0 "
+        f"--out snnlite/zoo/weights/{name}.pth"
+    )
 
 
 def _scene_entry(name: str, task: str, epochs: int, train_options: str = "", **fields) -> ZooEntry:

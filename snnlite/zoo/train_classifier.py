@@ -74,8 +74,17 @@ def train(
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(model_name, epochs, seed, Path(out), batch_size, lr, weight_decay,
-                      label_smoothing, limit)
+        return _train(
+            model_name,
+            epochs,
+            seed,
+            Path(out),
+            batch_size,
+            lr,
+            weight_decay,
+            label_smoothing,
+            limit,
+        )
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_deterministic)
@@ -107,7 +116,9 @@ def _train(
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay}],
-        lr=lr, momentum=0.9, nesterov=True,
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
     )
     steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -122,7 +133,7 @@ def _train(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         total = 0.0
         for step in bar:
-            idx = perm[step * batch_size:(step + 1) * batch_size]
+            idx = perm[step * batch_size : (step + 1) * batch_size]
             xb = augment(x_train[idx], gen).contiguous(memory_format=torch.channels_last)
             loss = loss_fn(model(xb), y_train[idx])
             opt.zero_grad(set_to_none=True)
@@ -132,8 +143,11 @@ def _train(
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
         acc = ann_accuracy(model, x_test, y_test, 1000)
-        print(f"epoch {epoch + 1}/{epochs}: train loss {total / steps_per_epoch:.4f}  "
-              f"test acc {acc:.4f}  cpu {(time.process_time() - cpu0) / 60:.1f} min", flush=True)
+        print(
+            f"epoch {epoch + 1}/{epochs}: train loss {total / steps_per_epoch:.4f}  "
+            f"test acc {acc:.4f}  cpu {(time.process_time() - cpu0) / 60:.1f} min",
+            flush=True,
+        )
     cpu_min = (time.process_time() - cpu0) / 60
     wall_min = (time.time() - wall0) / 60
 

@@ -34,8 +34,14 @@ def reload(builder: Callable[[], nn.Module], out: Path) -> nn.Module:
     return fresh
 
 
-def file_record(model_name: str, fresh: nn.Module, out: Path, cpu_minutes: float,
-                wall_minutes: float, **metrics: float) -> dict:
+def file_record(
+    model_name: str,
+    fresh: nn.Module,
+    out: Path,
+    cpu_minutes: float,
+    wall_minutes: float,
+    **metrics: float,
+) -> dict:
     """What the registry records about a trained file: its metrics, cost, size and hash."""
     return {
         "model": model_name,
@@ -48,8 +54,17 @@ def file_record(model_name: str, fresh: nn.Module, out: Path, cpu_minutes: float
     }
 
 
-def main(doc: str, train: Callable[..., dict], models: list[str] | None, *, epochs: int,
-         batch_size: int, lr: float, weight_decay: float, argv: list[str] | None = None) -> None:
+def main(
+    doc: str,
+    train: Callable[..., dict],
+    models: list[str] | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    argv: list[str] | None = None,
+) -> None:
     """The scripts' shared command line; the defaults are each script's recipe."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--model", required=True, choices=sorted(models) if models else None)
