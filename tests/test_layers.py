@@ -171,3 +171,23 @@ def test_import_snnlite_works_without_matplotlib() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=PACKAGE.parent, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_command_lines_live_only_in_the_scripts_layer() -> None:
+    """argparse appears in the zoo's scripts and the energy CLI alone (one energy CLI)."""
+    with_cli = sorted(
+        module
+        for module, path in MODULES.items()
+        if re.search(r"^import argparse", path.read_text(), re.MULTILINE)
+    )
+    assert all(m.startswith("snnlite.zoo.") or m == "snnlite.energy.__main__" for m in with_cli)
+    assert "snnlite.energy.__main__" in with_cli
+
+
+def test_the_energy_cli_explains_every_flag() -> None:
+    from snnlite.energy.__main__ import parser
+
+    cli = parser()
+    flags = [a for a in cli._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in flags} >= {"models", "images", "timesteps", "photo_size", "stored"}
+    assert all(a.help and len(a.help) > 20 for a in flags)
