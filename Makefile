@@ -3,7 +3,7 @@
 #   make test   create .venv if needed, install everything, fetch data, run pytest
 #   make book   same set-up + vendored JavaScript, then build book/_build/html
 #   make lab    same set-up, register the kernel, open notebooks/ in JupyterLab
-#   make lint   ruff check
+#   make lint   ruff check and ruff format --check (also run by make test, so CI enforces them)
 #   make clean  remove build outputs (never the virtual environment)
 #
 # Everything is non-interactive; a fresh machine needs only python3 (with venv), npm and
@@ -41,7 +41,7 @@ help:
 	@echo "make test   - set up .venv, fetch data, run the test-suite"
 	@echo "make book   - set up .venv, fetch data and JS assets, build book/_build/html"
 	@echo "make lab    - set up .venv, fetch data, open the chapters (notebooks/) in JupyterLab"
-	@echo "make lint   - ruff check"
+	@echo "make lint   - ruff check, ruff format --check"
 	@echo "make clean  - remove build outputs (keeps .venv)"
 
 # --- Python environment -------------------------------------------------------------------
@@ -91,11 +91,12 @@ browser:
 
 # --- Tests and lint -----------------------------------------------------------------------
 
-test: $(STAMP) data browser $(VENDOR_STAMP)  # the book render test needs JS + chromium
+test: $(STAMP) data browser $(VENDOR_STAMP) lint  # the book render test needs JS + chromium
 	$(VENV_PY) -m pytest </dev/null
 
 lint: $(STAMP)
 	$(VENV_PY) -m ruff check .
+	$(VENV_PY) -m ruff format --check .
 
 # --- Book ---------------------------------------------------------------------------------
 

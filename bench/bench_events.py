@@ -42,7 +42,6 @@ except ImportError:  # pragma: no cover
     numba = None
 
 
-
 def supported(layer: nn.Module) -> bool:
     """Whether ``layer`` has an event-driven form here (and numba is present to run it)."""
     if numba is None:
@@ -232,14 +231,18 @@ def main() -> None:
     inputs: dict[str, tuple[nn.Module, Tensor]] = {}
     for name, layer in snn.ann.named_modules():
         if supported(layer):
+
             def keep(layer, args, _output, name=name):
                 inputs.setdefault(name, (layer, args[0].clone()))
+
             layer.register_forward_hook(keep)
     # 3 chunks in: the network is past its start-up, spikes flow in every layer
     snn.simulate(images[: args.batch], [3 * args.steps], chunk_size=args.steps,
                  batch_size=args.batch, progress=False)  # fmt: skip
-    print(f"zoo fmnist_vgg, chunks of {args.steps} steps x {args.batch} samples "
-          f"({torch.get_num_threads()} threads); times per chunk, best of {args.repeats}")
+    print(
+        f"zoo fmnist_vgg, chunks of {args.steps} steps x {args.batch} samples "
+        f"({torch.get_num_threads()} threads); times per chunk, best of {args.repeats}"
+    )
     print(f"{'layer':<14}{'density':>8}{'dense+IF ms':>13}{'event ms':>10}{'speed-up':>10}"
           f"{'max rel err':>13}{'spike diffs':>13}")  # fmt: skip
     totals = [0.0, 0.0]

@@ -252,8 +252,10 @@ def main() -> None:
     if not args.skip_memory:
         probe = min(args.batch, 100)  # T = 1024 on the full batch would take minutes
         short, long = peak_memory_mb(64, probe), peak_memory_mb(1024, probe)
-        print(f"peak memory of convert + simulate (batch {probe}): T=64 {short:.0f} MB, "
-              f"T=1024 {long:.0f} MB (ratio {long / max(short, 1e-9):.2f}, flat: 1.0)")
+        print(
+            f"peak memory of convert + simulate (batch {probe}): T=64 {short:.0f} MB, "
+            f"T=1024 {long:.0f} MB (ratio {long / max(short, 1e-9):.2f}, flat: 1.0)"
+        )
         results.update(memory_T64_mb=short, memory_T1024_mb=long)
     if args.json:
         with open(args.json, "w") as handle:

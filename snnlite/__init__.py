@@ -6,6 +6,37 @@ High-Performance Applications". Quick start::
     import snnlite
     snn = snnlite.convert(model, calibration, method="ltb", granularity="channel")
     outputs = snn.simulate(x, timesteps=[8, 16, 32, 64], delay="auto")  # {T: readout}
+
+Layers, bottom up: a module imports only from its own layer (without a cycle) or the layers
+below it, never from above, and never inside a function to dodge that rule
+(tests/test_layers.py reads this table)::
+
+    0 foundations  kernels, groupnorm, data
+    1 units        neurons, pooling
+    2 preparation  graph, recipes
+    3 synapses     synapses
+    4 simulation   network
+    5 analysis     latency, metrics, theory
+    6 conversion   convert, detection
+    7 energy       energy
+    8 book         notebook, plots
+    9 scripts      zoo, energy.__main__
+
+* foundations: the numba kernels and frozen GroupNorm; ``data``, the offline data sets, needs
+  nothing else of the package;
+* units: the IF neuron and the gated max pool, pure functions of their input and state that
+  return spikes (they record nothing);
+* preparation: the fx graph of activation sites and its op tables; threshold recipes;
+* synapses: fan-out maps (where each spike goes) and :class:`~snnlite.synapses.Activity`;
+* simulation: :class:`SpikingNetwork`, whose runner records events and SOPs from what the
+  units return;
+* analysis: evaluators and time-step curves (one loop for every metric), Theorem 1's terms,
+  the low-latency corrections;
+* conversion: :func:`convert` and the detectors' wrapper;
+* energy: constants, MACs, energy rows and tables (no command line);
+* book: helpers of the chapters (``plots`` alone needs matplotlib);
+* scripts: the model zoo, its training and measuring scripts, and the energy command line
+  (``python -m snnlite.energy``), the package's only command lines.
 """
 
 from snnlite.convert import calibrate, convert

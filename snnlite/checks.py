@@ -172,9 +172,7 @@ def check_timesteps(timesteps: Any) -> list[int]:
             hint = ""
             if isinstance(T, float) and T.is_integer() and T > 0:
                 hint = f" (a float: pass the int {int(T)})"
-            raise ValueError(
-                f"every time step count T must be a positive integer, got {T!r}{hint}"
-            )
+            raise ValueError(f"every time step count T must be a positive integer, got {T!r}{hint}")
         counts.append(count)
     return sorted(set(counts))
 

@@ -125,8 +125,9 @@ def convert(
             calibration = list(calibration)
         measure_group_norms(ann, calibration, progress=progress)
     recipes = {
-        name: make_recipe(method, granularity, site.cap, step_size=step_size,
-                          percentile=percentile)  # fmt: skip
+        name: make_recipe(
+            method, granularity, site.cap, step_size=step_size, percentile=percentile
+        )  # fmt: skip
         for name, site in sites.items()
     }
     keep = tuning_size if parts is not None else probe_size
@@ -185,8 +186,11 @@ def calibrate(
                     raise ValueError(
                         f"the model cannot run on calibration batch {index} of shape "
                         f"{tuple(x.shape)}"
-                        + (f" (batch 0 had samples of shape {tuple(first.shape[1:])})"
-                           if other else "")
+                        + (
+                            f" (batch 0 had samples of shape {tuple(first.shape[1:])})"
+                            if other
+                            else ""
+                        )
                         + f": pass batches (N, ...) of the model's input shape ({error})"
                     ) from error
     finally:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from snnlite.convert import convert
 from snnlite.graph import activation_sites
 from snnlite.network import Delay, SpikingNetwork
 
@@ -178,8 +179,6 @@ def convert_detector(
         convert_options: passed to :func:`snnlite.convert` (method, granularity, group_norm,
             ...).
     """
-    from snnlite.convert import convert
-
     detector = detector.eval()
     network = DetectorNetwork(detector)
     batches = _TransformedBatches(detector, calibration)

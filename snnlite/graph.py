@@ -38,10 +38,22 @@ from snnlite.neurons import ActivationSite
 from snnlite.pooling import MAX_POOL_TYPES
 
 __all__ = [
+    "ADAPTIVE_AVERAGE_POOLS",
     "ANALOG",
+    "AVERAGE_POOLS",
+    "COPY_MODULES",
+    "ELEMENTWISE_MODULES",
+    "LINEAR_MODULES",
+    "REARRANGING_MODULES",
+    "UPSAMPLING_MODULES",
+    "WEIGHTED_MODULES",
     "UnsupportedLayerError",
     "activation_sites",
+    "is_site",
+    "node_values",
     "prepare",
+    "site_name",
+    "site_nodes",
     "trace",
 ]
 
@@ -62,19 +74,43 @@ _ACTIVATION_FUNCTIONS: dict[object, float] = {
 }
 _ACTIVATION_METHODS: dict[str, float] = {"relu": math.inf, "relu_": math.inf}
 
-# Modules that act linearly (affinely) on each time step, so they run unchanged on spikes.
-_LINEAR_MODULES: tuple[type, ...] = (
+# --- op tables: one per fact, used by the passes here, by synapses (fan-outs) and theory ---
+
+# Linear per step with weights: an event costs the synapses (nonzero weights) it reaches.
+WEIGHTED_MODULES: tuple[type, ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d,
     nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
     nn.Linear,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, FrozenBatchNorm2d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)  # fmt: skip
+# A fixed affine map per channel (batch norms left unfolded, frozen GroupNorm): each element
+# reaches only its own output.
+ELEMENTWISE_MODULES: tuple[type, ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, FrozenBatchNorm2d, FrozenGroupNorm,
+)  # fmt: skip
+# Copies that move elements without sending one input to two outputs (reshapes, padding with
+# a constant, shuffles, dropout in eval): they never increase a norm (1-Lipschitz).
+REARRANGING_MODULES: tuple[type, ...] = (
     nn.Flatten, nn.Unflatten, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ChannelShuffle, FrozenGroupNorm,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+    nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+)  # fmt: skip
+# Copies: each output copies at most one input (a 0/1 Jacobian), so autograd through them
+# counts connections exactly; reflection and replication padding copy an input twice.
+COPY_MODULES: tuple[type, ...] = REARRANGING_MODULES + (
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
+)  # fmt: skip
+AVERAGE_POOLS: tuple[type, ...] = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+ADAPTIVE_AVERAGE_POOLS: tuple[type, ...] = (
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)  # fmt: skip
+UPSAMPLING_MODULES: tuple[type, ...] = (nn.Upsample,)  # with UpsamplingNearest2d, ...
+# Modules that act linearly (affinely) on each time step, so they run unchanged on spikes.
+LINEAR_MODULES: tuple[type, ...] = (
+    WEIGHTED_MODULES + ELEMENTWISE_MODULES + COPY_MODULES + AVERAGE_POOLS
+    + ADAPTIVE_AVERAGE_POOLS + UPSAMPLING_MODULES
 )  # fmt: skip
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, FrozenBatchNorm2d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -135,8 +171,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def describe(node: fx.Node) -> str:
     """``node 'name' (target) at file:line``, for error messages."""
-    target = node.target if isinstance(node.target, str) else getattr(
-        node.target, "__name__", str(node.target)
+    target = (
+        node.target
+        if isinstance(node.target, str)
+        else getattr(node.target, "__name__", str(node.target))
     )
     where = ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', node.stack_trace or "")
@@ -192,27 +230,41 @@ def prepare(
     return gm
 
 
-def activation_sites(gm: fx.GraphModule) -> dict[str, ActivationSite]:
-    """The activation sites of a prepared graph, in execution order."""
-    return {
-        node.target.split(".", 1)[1]: gm.get_submodule(node.target)
-        for node in gm.graph.nodes
-        if node.op == "call_module" and node.target.startswith(SITES + ".")
-    }
-
-
 def is_site(node: fx.Node) -> bool:
-    """Whether a node of a prepared graph calls an activation site."""
+    """Whether a node of a prepared graph calls an activation site (a neuron in the SNN)."""
     return node.op == "call_module" and str(node.target).startswith(SITES + ".")
+
+
+def site_name(node: fx.Node) -> str:
+    """The name of the activation site a node calls (``sites.<name>``: the part after)."""
+    if not is_site(node):
+        raise ValueError(f"node {node.name!r} does not call an activation site")
+    return str(node.target)[len(SITES) + 1 :]
+
+
+@torch.no_grad()
+def node_values(gm: fx.GraphModule, sample: torch.Tensor) -> dict[fx.Node, object]:
+    """The value of every node of ``gm`` on ``sample`` (one ANN pass): the shapes and the
+    constants that analyses of the graph (fan-outs, Lipschitz bounds) need."""
+    values: dict[fx.Node, object] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> object:
+            values[n] = super().run_node(n)
+            return values[n]
+
+    _Recorder(gm).run(sample)
+    return values
 
 
 def site_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """The graph nodes that call an activation site, in execution order."""
-    return [
-        node
-        for node in gm.graph.nodes
-        if node.op == "call_module" and str(node.target).startswith(SITES + ".")
-    ]
+    return [node for node in gm.graph.nodes if is_site(node)]
+
+
+def activation_sites(gm: fx.GraphModule) -> dict[str, ActivationSite]:
+    """The activation sites of a prepared graph, in execution order."""
+    return {site_name(node): gm.get_submodule(str(node.target)) for node in site_nodes(gm)}
 
 
 # --- the passes, in the order prepare() runs them ---------------------------------------
@@ -243,8 +295,10 @@ def _mark_analog(gm: fx.GraphModule, names: list[str]) -> None:
 
 def _is_inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
-        return node.target in _INPLACE_FUNCTIONS or node.target in (F.relu_, torch.relu_) or (
-            bool(node.kwargs.get("inplace"))
+        return (
+            node.target in _INPLACE_FUNCTIONS
+            or node.target in (F.relu_, torch.relu_)
+            or (bool(node.kwargs.get("inplace")))
         )
     if node.op == "call_method":
         return str(node.target).endswith("_")
@@ -354,7 +408,7 @@ def _check_convertible(gm: fx.GraphModule) -> None:
                     "per time step; pass group_norm='freeze' to fix its statistics from the "
                     "calibration data"
                 )
-            elif not isinstance(module, _LINEAR_MODULES + MAX_POOL_TYPES):
+            elif not isinstance(module, LINEAR_MODULES + MAX_POOL_TYPES):
                 problem = f"{type(module).__name__} is not linear per time step nor a ReLU"
         elif node.op == "call_function" and node.target in _NONLINEAR_FUNCTIONS:
             problem = "a nonlinearity that is not ReLU-like"
@@ -450,6 +504,7 @@ def _fold_batchnorms(gm: fx.GraphModule) -> None:
 
 def _fuse(layer: nn.Module, bn: nn.Module) -> nn.Module | None:
     """A copy of ``layer`` with the eval-mode ``bn`` that follows it folded in, or None."""
+
     # Fold in float64, then cast back: small running variances amplify rounding otherwise.
     def double(t):
         return None if t is None else t.detach().double()
@@ -488,7 +543,7 @@ def _move_pools_before_neurons(gm: fx.GraphModule) -> None:
         if not isinstance(gm.get_submodule(pool.target), MAX_POOL_TYPES):
             continue
         site = pool.args[0]
-        if not (isinstance(site, fx.Node) and str(site.target).startswith(SITES + ".")):
+        if not (isinstance(site, fx.Node) and is_site(site)):
             continue
         if len(site.users) != 1:
             continue

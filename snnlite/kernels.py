@@ -75,7 +75,6 @@ if numba is not None:
             for k in range(n):
                 membrane[start + k] = u[k]
 
-
     @numba.njit(cache=True, nogil=True, parallel=True)
     def _gated_pool_chunk(x, sums, windows, out):  # pragma: no cover
         """x: (steps, P, HW) currents of P planes; sums: (P, HW) running input sums, updated;
@@ -98,7 +97,6 @@ if numba is not None:
                     out[t, p, o] = x[t, p, winner]
             sums[p] = s
 
-
     # reassoc: lets the sum vectorise (the order of a float sum is otherwise fixed, which
     # keeps it one add at a time); nothing else of fast-math, so inf and NaN stay exact.
     @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc"})
@@ -113,7 +111,6 @@ if numba is not None:
                 d = z[p, i] - level
                 total += d if d > 0 else 0.0
             out[p] = total
-
 
     @numba.njit(cache=True, nogil=True, parallel=True)
     def _clip_planes(z, ceiling, period, out):  # pragma: no cover
@@ -186,8 +183,10 @@ def integrate_and_fire_cpu(
 
 
 def _format_of(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
     ):
         return torch.channels_last
     return torch.contiguous_format
@@ -198,8 +197,10 @@ def _flat_over_time(x: Tensor, like: Tensor) -> Tensor:
     steps = x.shape[0]
     if _format_of(like) == torch.channels_last:
         nhwc = x.permute(0, 1, 3, 4, 2)  # (steps, N, H, W, C)
-        return nhwc.reshape(steps, -1) if nhwc.is_contiguous() else (
-            nhwc.contiguous().reshape(steps, -1)
+        return (
+            nhwc.reshape(steps, -1)
+            if nhwc.is_contiguous()
+            else (nhwc.contiguous().reshape(steps, -1))
         )
     return x.reshape(steps, -1) if x.is_contiguous() else x.contiguous().reshape(steps, -1)
 
@@ -214,8 +215,11 @@ def pool_windows(pool: torch.nn.MaxPool2d, height: int, width: int) -> Tensor:
     if key not in _WINDOWS:
         index = torch.arange(1, height * width + 1, dtype=torch.float64)
         taps = torch.nn.functional.unfold(
-            index.view(1, 1, height, width), pool.kernel_size, dilation=pool.dilation,
-            padding=pool.padding, stride=pool.stride,
+            index.view(1, 1, height, width),
+            pool.kernel_size,
+            dilation=pool.dilation,
+            padding=pool.padding,
+            stride=pool.stride,
         )  # (1, K, OUT), 0 where the window hangs over the padding
         _WINDOWS[key] = (taps[0].T.round().long() - 1).contiguous()
     return _WINDOWS[key]

@@ -1,12 +1,18 @@
 """Task metrics over time steps: how good the SNN is at each T, next to its ANN.
 
 A time-step curve comes from ONE simulation per batch (``simulate`` reads out every T), so a
-curve costs what its longest T costs.
+curve costs what its longest T costs. One loop does this for every task,
+:func:`simulate_batches`: it simulates each batch once for a list of T and delays, hands
+every ``(T, delay)`` readout to the caller's ``update`` (a stateful metric) and, when asked,
+sums the events and SOPs of all batches. Accuracy, mIoU and mAP curves here, and the energy
+measurements of :mod:`snnlite.energy`, are adapters on it. One evaluator per metric for the
+ANN side too (:func:`ann_accuracy`, :func:`ann_miou`, :func:`ann_map`), used by the zoo, the
+curves and the chapters alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -14,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from snnlite.network import Delay, SpikingNetwork
+from snnlite.synapses import Activity
 
 __all__ = [
     "accuracy_curve",
@@ -24,6 +31,7 @@ __all__ = [
     "map_curve",
     "mean_iou",
     "miou_curve",
+    "simulate_batches",
 ]
 
 
@@ -34,6 +42,50 @@ def _batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[tuple[
         raise ValueError("no images to evaluate")
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size], labels[start : start + batch_size]
+
+
+def simulate_batches(
+    snn: SpikingNetwork,
+    batches: Iterable[tuple[Any, Any]],
+    timesteps: Iterable[int],
+    update: Callable[[dict[Any, Any], Any], None],
+    *,
+    delay: Delay | float | Sequence[Delay | float] = "auto",
+    simulate: Callable[..., dict[Any, Any]] | None = None,
+    record_spikes: bool = False,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "evaluate",
+    **options: Any,
+) -> Activity | None:
+    """The evaluation loop: ONE simulation per batch, every readout fed to ``update``.
+
+    ``batches`` yields ``(inputs, targets)``; for each, ``simulate(inputs, timesteps,
+    delay=delay, ...)`` (default ``snn.simulate``; a spiking detector's ``simulate``, with its
+    ``.snn`` as ``snn``, gives detections) returns ``{T: output}`` (``{(T, delay): output}``
+    for a list of delays), and ``update(outputs, targets)`` updates the caller's metric.
+    ``options`` go to ``simulate`` (chunk_size, batch_size, ...); ``total`` is the number of
+    batches, for the progress bar.
+
+    With ``record_spikes`` the same simulations count events and SOPs: their sum over all
+    batches is returned and left in ``snn.last_activity`` (otherwise None is returned).
+    """
+    run = simulate or snn.simulate
+    timesteps = sorted(set(timesteps))
+    activity: Activity | None = None
+    for inputs, targets in tqdm(batches, total=total, desc=desc, disable=not progress,
+                                leave=False):  # fmt: skip
+        outputs = run(inputs, timesteps, delay=delay, progress=False,
+                      record_spikes=record_spikes, **options)  # fmt: skip
+        update(outputs, targets)
+        if record_spikes:
+            batch = snn.last_activity
+            activity = batch if activity is None else activity.merge(batch)
+    if record_spikes:
+        if activity is None:
+            raise ValueError("no batches to simulate")
+        snn.last_activity = activity
+    return activity
 
 
 @torch.no_grad()
@@ -65,34 +117,15 @@ def accuracy_curve(
     timesteps = sorted(set(timesteps))
     delays = _delays(delay)
     correct = dict.fromkeys(((T, d) for T in timesteps for d in delays), 0)
-    batches = _batches(images, labels, batch_size)
-    total = -(-len(images) // batch_size)
-    recorder = _Recorder(snn, record_spikes)
-    for x, y in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        outputs = snn.simulate(x, timesteps, delay=delays, progress=False,
-                               record_spikes=record_spikes)  # fmt: skip
-        recorder.add()
+
+    def update(outputs: dict[tuple, Tensor], y: Tensor) -> None:
         for key, logits in outputs.items():
             correct[key] += int((logits.argmax(dim=1) == y).sum())
-    recorder.finish()
+
+    simulate_batches(snn, _batches(images, labels, batch_size), timesteps, update,
+                     delay=delays, record_spikes=record_spikes, progress=progress,
+                     total=-(-len(images) // batch_size))  # fmt: skip
     return _by_delay({key: hits / len(images) for key, hits in correct.items()}, delay)
-
-
-class _Recorder:
-    """Sums the activity that each recorded batch leaves in ``snn.last_activity``, so that
-    after the last batch ``snn.last_activity`` covers every image of the evaluation."""
-
-    def __init__(self, snn: SpikingNetwork, record: bool) -> None:
-        self.snn, self.record, self.total = snn, record, None
-
-    def add(self) -> None:
-        if self.record:
-            batch = self.snn.last_activity
-            self.total = batch if self.total is None else self.total.merge(batch)
-
-    def finish(self) -> None:
-        if self.record:
-            self.snn.last_activity = self.total
 
 
 def _delays(delay: Delay | float | Sequence[Delay | float]) -> list:
@@ -130,8 +163,7 @@ def mean_iou(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if preds.numel() == 0:
         raise ValueError("no pixels to score")
-    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
-                                        validate_args=True)
+    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=True)
     matrix = confmat(preds.flatten().long(), targets.flatten().long()).double()  # (C, C)
     tp = matrix.diag()
     union = matrix.sum(0) + matrix.sum(1) - tp  # predicted + true - both
@@ -216,16 +248,14 @@ def miou_curve(
     timesteps = sorted(set(timesteps))
     delays = _delays(delay)
     preds: dict[tuple, list[Tensor]] = {(T, d): [] for T in timesteps for d in delays}
-    total = -(-len(images) // batch_size)
-    batches = _batches(images, masks, batch_size)
-    recorder = _Recorder(snn, record_spikes)
-    for x, _ in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        outputs = snn.simulate(x, timesteps, delay=delays, progress=False,
-                               record_spikes=record_spikes)  # fmt: skip
-        recorder.add()
+
+    def update(outputs: dict[tuple, Any], _masks: Tensor) -> None:
         for key, output in outputs.items():
             preds[key].append(_segmentation_logits(output).argmax(dim=1))
-    recorder.finish()
+
+    simulate_batches(snn, _batches(images, masks, batch_size), timesteps, update,
+                     delay=delays, record_spikes=record_spikes, progress=progress,
+                     total=-(-len(images) // batch_size))  # fmt: skip
     labels = {key: torch.cat(p) for key, p in preds.items()}
     if predictions is not None:
         predictions.update(labels)
@@ -277,16 +307,15 @@ def map_curve(
     timesteps = sorted(set(timesteps))
     delays = _delays(delay)
     preds: dict[tuple, list[dict[str, Tensor]]] = {(T, d): [] for T in timesteps for d in delays}
-    total = -(-len(images) // batch_size)
-    batches = _image_batches(images, batch_size)
-    recorder = _Recorder(spiking_detector.snn, record_spikes)
-    for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        found = spiking_detector.simulate(batch, timesteps, delays, progress=False,
-                                          record_spikes=record_spikes)  # fmt: skip
-        recorder.add()
+
+    def update(found: dict[tuple, list[dict[str, Tensor]]], _targets: None) -> None:
         for key, detections in found.items():
             preds[key].extend(detections)
-    recorder.finish()
+
+    batches = ((batch, None) for batch in _image_batches(images, batch_size))
+    simulate_batches(spiking_detector.snn, batches, timesteps, update, delay=delays,
+                     simulate=spiking_detector.simulate, record_spikes=record_spikes,
+                     progress=progress, total=-(-len(images) // batch_size))  # fmt: skip
     if predictions is not None:
         predictions.update(preds)
     return _by_delay({key: detection_map(p, targets) for key, p in preds.items()}, delay)

@@ -33,8 +33,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from tqdm.auto import tqdm
 
 from snnlite.checks import check_delay, check_input, check_runs, check_timesteps, reference_of
-from snnlite.graph import ANALOG, SITES, activation_sites, site_nodes
-from snnlite.neurons import IFNeuron
+from snnlite.graph import ANALOG, activation_sites, is_site, site_name, site_nodes
+from snnlite.neurons import IFNeuron, events_per_position, synaptic_operations
 from snnlite.pooling import MAX_POOL_TYPES, GatedMaxPool
 from snnlite.synapses import Activity, fanout_maps, source_name
 
@@ -344,7 +344,7 @@ class SpikingNetwork(nn.Module):
         if not 0 <= start < T:
             raise ValueError(f"start must be in [0, {T}), got {start!r}")
         self._check_thresholds()
-        nodes = {node.target.split(".", 1)[1]: node for node in site_nodes(self.ann)}
+        nodes = {site_name(node): node for node in site_nodes(self.ann)}
         wanted = list(nodes) if sites is None else list(sites)
         unknown = [name for name in wanted if name not in nodes]
         if unknown:
@@ -459,6 +459,28 @@ def _per_step(leaf: Any, steps: int, batch: int) -> Tensor:
     return leaf.reshape(steps, batch, *leaf.shape[1:])
 
 
+class _SourceRecord:
+    """What one spike source sent during a run: events per step (summed over the batch) and,
+    given its fan-out map, the synaptic operations they cost (so energy needs no second run).
+    """
+
+    def __init__(self, fanout: Tensor | None, neuron: bool) -> None:
+        self.fanout = fanout  # synapses per output position, one sample's shape
+        self.neuron = neuron  # an IF neuron (its spikes are the site's spike counts)
+        self.events: list[Tensor] = []  # one (steps,) tensor per chunk
+        self.sops: list[Tensor] = []
+
+    def reset(self) -> None:
+        self.events, self.sops = [], []
+
+    def add(self, output: Tensor, steps: int) -> None:
+        """``output``: what the source returned for a chunk, time-folded (steps * N, ...)."""
+        counts = events_per_position(output.view(steps, -1, *output.shape[1:]))  # (steps, P)
+        self.events.append(counts.sum(1, dtype=torch.int64))
+        if self.fanout is not None:
+            self.sops.append(synaptic_operations(counts, self.fanout))
+
+
 class _Runner:
     """Walks the prepared graph for simulation: static nodes once, the rest per chunk."""
 
@@ -472,16 +494,22 @@ class _Runner:
         self.ann = ann
         self.nodes = list(ann.graph.nodes)
         self.temporal: dict[fx.Node, nn.Module] = {}
+        # What the spike sources return is recorded here, not by the sources themselves:
+        # every neuron's spikes per step (with ``record``), and the events and SOPs of every
+        # source that has a fan-out map.
+        self.records: dict[fx.Node, _SourceRecord] = {}
+        fanouts = fanouts or {}
         for node in self.nodes:
             module = self._temporal_twin(node, max_pool)
-            if module is not None:
-                if isinstance(module, IFNeuron | GatedMaxPool):  # spike sources: record
-                    module.record = record
-                    module.fanout = None if fanouts is None else fanouts.get(node.name)
-                self.temporal[node] = module
-        sources = (IFNeuron, GatedMaxPool)
-        for node in self.nodes if fanouts else ():
-            if node.name in fanouts and not isinstance(self.temporal.get(node), sources):
+            if module is None:
+                continue
+            self.temporal[node] = module
+            fanout = fanouts.get(node.name)
+            neuron = isinstance(module, IFNeuron)
+            if record and (neuron or (isinstance(module, GatedMaxPool) and fanout is not None)):
+                self.records[node] = _SourceRecord(fanout, neuron)
+        for node in self.nodes:
+            if node.name in fanouts and node not in self.records:
                 raise NotImplementedError(
                     f"energy: the max pool '{node.name}' pools spike trains per step "
                     "(max_pool='current'); its passed spikes are counted only with 'gated'"
@@ -502,7 +530,7 @@ class _Runner:
             return RateAnalog(_MethodCall(node.target))
         if node.op != "call_module":
             return None
-        if str(node.target).startswith(SITES + "."):
+        if is_site(node):
             site = self.ann.get_submodule(node.target)
             return IFNeuron(site.threshold, site.bias, site.charge)
         module = self.ann.get_submodule(node.target)
@@ -529,26 +557,27 @@ class _Runner:
     def reset(self) -> None:
         for module in self.temporal.values():
             module.reset()
+        for record in self.records.values():
+            record.reset()
 
     def spike_counts(self) -> dict[str, Tensor]:
         """Site name -> spikes per step over the whole run (summed over the batch), (T,)."""
         return {
-            str(node.target).split(".", 1)[1]: torch.cat(module.spikes_per_step)
-            for node, module in self.temporal.items()
-            if isinstance(module, IFNeuron) and module.spikes_per_step
+            site_name(node): torch.cat(record.events)
+            for node, record in self.records.items()
+            if record.neuron and record.events
         }
 
     def activity(self, samples: int) -> Activity:
         """Events and synaptic operations per step of every spike source, this tile."""
         events, sops, neurons, fanout = {}, {}, {}, {}
-        for node, module in self.temporal.items():
-            recorded = isinstance(module, IFNeuron | GatedMaxPool) and module.fanout is not None
-            if recorded and module.spikes_per_step:
+        for node, record in self.records.items():
+            if record.fanout is not None and record.events:
                 name = source_name(node)
-                events[name] = torch.cat(module.spikes_per_step)
-                sops[name] = torch.cat(module.sops_per_step)
-                neurons[name] = module.fanout.numel()
-                fanout[name] = float(module.fanout.sum())
+                events[name] = torch.cat(record.events)
+                sops[name] = torch.cat(record.sops)
+                neurons[name] = record.fanout.numel()
+                fanout[name] = float(record.fanout.sum())
         return Activity(samples, events, sops, neurons, fanout)
 
     def _call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
@@ -613,6 +642,8 @@ class _Runner:
                 else:
                     value = self._call(node, args, kwargs)
             env[node] = value
+            if node in self.records:
+                self.records[node].add(value, steps)
             if node in self.watch:
                 self.watch[node](value, steps)
             if node is self.stop_after:
@@ -623,6 +654,7 @@ class _Runner:
                 if self.last_use.get(arg) == i and arg in env:
                     del env[arg]
         raise RuntimeError("graph has no output node")
+
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     value: Any = gm

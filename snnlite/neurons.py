@@ -140,7 +140,7 @@ def synaptic_operations(counts: Tensor, fanout: Tensor) -> Tensor:
     """Synapses reached per step, float64 (steps,): ``sum_i counts[t, i] * fanout[i]``.
 
     ``counts``: (steps, P) from :func:`events_per_position`; ``fanout``: one sample's shape,
-    the synapses an event at each position reaches (snnlite.energy).
+    the synapses an event at each position reaches (:func:`snnlite.synapses.fanout_maps`).
     """
     return counts.to(torch.float64) @ fanout.reshape(-1).to(torch.float64)
 
@@ -184,10 +184,8 @@ class IFNeuron(nn.Module):
 
     The input is time-folded into the batch, (steps * N, ...), as every stateless layer of the
     network sees it; this module alone unfolds time. The membrane persists across chunks until
-    :meth:`reset`. When ``record`` is set, ``spikes_per_step`` accumulates the number of spikes
-    per step (a (steps,) tensor per chunk, summed over the batch) and, given a ``fanout`` map,
-    ``sops_per_step`` the synaptic operations they cause, so energy accounting needs no
-    second run.
+    :meth:`reset`. It returns its spikes and records nothing: whoever runs it (the network's
+    runner) counts events and synaptic operations from what it returns.
     """
 
     def __init__(
@@ -198,15 +196,9 @@ class IFNeuron(nn.Module):
         self.register_buffer("bias", bias)  # a current added every step (() or (C,))
         self.register_buffer("charge", charge)  # added to the initial potential theta / 2
         self.membrane: Tensor | None = None
-        self.spikes_per_step: list[Tensor] = []
-        self.sops_per_step: list[Tensor] = []
-        self.record = False
-        self.fanout: Tensor | None = None  # synapses per output position (snnlite.energy)
 
     def reset(self) -> None:
         self.membrane = None
-        self.spikes_per_step = []
-        self.sops_per_step = []
 
     def forward(self, current: Tensor, steps: int, constant: bool = False) -> Tensor:
         """current: (steps * N, ...) or, if ``constant``, (N, ...). Returns (steps * N, ...)."""
@@ -224,9 +216,4 @@ class IFNeuron(nn.Module):
             current = current + broadcast_threshold(self.bias.to(current.dtype), current.dim())
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
         spikes, self.membrane = integrate_and_fire(currents, self.membrane, theta, steps)
-        if self.record:
-            counts = events_per_position(spikes)  # (steps, P)
-            self.spikes_per_step.append(counts.sum(1, dtype=torch.int64))
-            if self.fanout is not None:
-                self.sops_per_step.append(synaptic_operations(counts, self.fanout))
         return spikes.reshape(steps * batch, *current.shape[1:])  # a view: no copy

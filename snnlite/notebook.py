@@ -1,5 +1,7 @@
-"""Small helpers the book's notebooks share: parameter profiles, result files, and running
-them headless without hangs.
+"""Small helpers the book's notebooks share: parameter profiles and result files.
+
+(Running the notebooks headless without hangs is the book's and the tests' business, not
+the package's: see ``book/_ext/widget_outputs.py``.)
 
 Every notebook has a cell tagged ``parameters`` with small values (fast enough for the test
 suite and for a laptop). The published book uses larger values, kept in ONE place,
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["headless_widgets", "profile_parameters", "save_results"]
+__all__ = ["profile_parameters", "save_results"]
 
 PROFILE_ENV = "SNNLITE_PROFILE"
 PARAMS_ENV = "SNNLITE_PARAMS"
@@ -87,25 +89,3 @@ def save_results(notebook: str, values: Mapping[str, Any], results_dir: str | os
     file = out / f"{notebook}.json"
     file.write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
     return file
-
-
-def headless_widgets() -> None:
-    """Let nbclient run notebooks with ``interact`` cells without the occasional hang.
-
-    nbclient (papermill, Jupyter Book) mimics a browser's Output widget so that what an
-    ``interact`` cell draws is recorded in the notebook's widget state (a static page shows
-    it). To keep the kernel's copy in step, the mimic also sends every update back on the
-    kernel's shell socket, while nbclient is waiting for the cell's reply on that same socket;
-    now and then the reply's wake-up is lost and both sides wait forever (jupyter/nbclient#312;
-    seen here in chapter 1's and chapter 8's widget cells, kernel and client idle). Nothing
-    reads the kernel's copy back in a headless run, so after this call the mimic keeps
-    recording and stops sending. Call it in the process that runs nbclient, before it runs.
-    """
-    from nbclient.output_widget import OutputWidget
-
-    OutputWidget.sync_state = _record_only  # type: ignore[method-assign]
-
-
-def _record_only(self: Any) -> None:
-    """OutputWidget.sync_state without the shell message: the caller has already recorded
-    the outputs (in the mimic and in the executor's widget state)."""

@@ -1,4 +1,8 @@
-"""Matplotlib helpers shared by the book's notebooks (one look, no copies between chapters)."""
+"""Matplotlib helpers shared by the book's notebooks (one look, no copies between chapters).
+
+The one module of the package that needs matplotlib (the ``plots`` or ``book`` extra:
+``pip install snnlite[plots]``); ``import snnlite`` does not import it.
+"""
 
 from __future__ import annotations
 

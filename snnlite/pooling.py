@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from snnlite import kernels
-from snnlite.neurons import events_per_position, synaptic_operations
 
 __all__ = ["GatedMaxPool", "pool_with_indices"]
 
@@ -62,8 +61,8 @@ class GatedMaxPool(nn.Module):
 
     Input is time-folded, (steps * N, C, ...). ``running_sum`` (N, C, ...) persists across
     chunks until :meth:`reset`. On spike trains the pool is a spike source of its own (which
-    spikes pass depends on the data): with ``record`` set and a ``fanout`` map it counts its
-    nonzero outputs and their synaptic operations per step, like :class:`IFNeuron`.
+    spikes pass depends on the data); like the IF neuron it records nothing: the network's
+    runner counts its nonzero outputs.
     """
 
     def __init__(self, pool: nn.Module) -> None:
@@ -72,25 +71,12 @@ class GatedMaxPool(nn.Module):
             raise TypeError(f"GatedMaxPool wraps a max pool, got {type(pool).__name__}")
         self.pool = pool
         self.running_sum: Tensor | None = None
-        self.record = False
-        self.fanout: Tensor | None = None  # synapses per output position (snnlite.energy)
-        self.spikes_per_step: list[Tensor] = []
-        self.sops_per_step: list[Tensor] = []
 
     def reset(self) -> None:
         self.running_sum = None
-        self.spikes_per_step = []
-        self.sops_per_step = []
 
     def forward(self, x: Tensor, steps: int, backend: str = "auto") -> Tensor:
-        out = self._pool(x, steps, backend)
-        if self.record and self.fanout is not None:
-            counts = events_per_position(out.view(steps, -1, *out.shape[1:]))  # (steps, P)
-            self.spikes_per_step.append(counts.sum(1, dtype=torch.int64))
-            self.sops_per_step.append(synaptic_operations(counts, self.fanout))
-        return out
-
-    def _pool(self, x: Tensor, steps: int, backend: str) -> Tensor:
+        """x: (steps * N, C, ...); returns the pooled chunk, (steps * N, C, ...)."""
         batch = x.shape[0] // steps
         if backend != "torch" and kernels.gated_pool_supported(self.pool, x):
             if self.running_sum is None:

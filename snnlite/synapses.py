@@ -26,7 +26,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from snnlite.graph import ANALOG, is_site
+from snnlite.graph import (
+    ADAPTIVE_AVERAGE_POOLS,
+    ANALOG,
+    AVERAGE_POOLS,
+    COPY_MODULES,
+    ELEMENTWISE_MODULES,
+    UPSAMPLING_MODULES,
+    WEIGHTED_MODULES,
+    is_site,
+    node_values,
+    site_name,
+)
 from snnlite.pooling import MAX_POOL_TYPES
 
 __all__ = ["Activity", "fanout_maps", "source_name"]
@@ -34,30 +45,10 @@ __all__ = ["Activity", "fanout_maps", "source_name"]
 
 # --- SNN cost: fan-out maps ----------------------------------------------------------------
 
-_WEIGHTED_MODULES = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d,
-    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.Linear,
-)  # fmt: skip
 _WEIGHTED_FUNCTIONS = {
     F.linear, F.conv1d, F.conv2d, F.conv3d,
     F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
 }  # fmt: skip
-# Weight-free modules whose Jacobian is 0/1 (each output copies at most one input), so
-# autograd through them counts connections exactly.
-_COPY_MODULES = (
-    nn.Flatten, nn.Unflatten, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
-    nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
-    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
-    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
-)  # fmt: skip
-# Elementwise affine modules (kept unfolded): each element reaches its own output.
-_ELEMENTWISE_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-)
 _COPY_FUNCTIONS = {
     torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.permute,
     torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, torch.narrow,
@@ -77,23 +68,7 @@ _NON_TENSOR_METHODS = {"size", "dim", "numel"}
 def source_name(node: fx.Node) -> str:
     """Display name of a spike source: the site name for neurons, the node name for pools
     (unique even when one pool module is called twice)."""
-    if is_site(node):
-        return str(node.target).split(".", 1)[1]
-    return node.name
-
-
-@torch.no_grad()
-def _node_values(gm: fx.GraphModule, sample: Tensor) -> dict[fx.Node, Any]:
-    """The value of every node of ``gm`` on one sample (an ANN pass: shapes and constants)."""
-    values: dict[fx.Node, Any] = {}
-
-    class _Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            values[n] = super().run_node(n)
-            return values[n]
-
-    _Recorder(gm).run(sample)
-    return values
+    return site_name(node) if is_site(node) else node.name
 
 
 def fanout_maps(gm: fx.GraphModule, example: Tensor) -> dict[str, Tensor]:
@@ -103,7 +78,7 @@ def fanout_maps(gm: fx.GraphModule, example: Tensor) -> dict[str, Tensor]:
     holds at each position the number of synapses an event there reaches (module doc).
     Sources reaching nothing (for example a neuron feeding only a max pool) get a map of 0.
     """
-    values = _node_values(gm, example[:1])
+    values = node_values(gm, example[:1])
     region: dict[fx.Node, Any] = {}  # node -> value linear in the sources (the sub-graphs)
     sources: dict[fx.Node, Tensor] = {}
     reached: list[Tensor] = []  # per terminal: synapses reached, summed (linear in sources)
@@ -133,7 +108,7 @@ def fanout_maps(gm: fx.GraphModule, example: Tensor) -> dict[str, Tensor]:
                 if isinstance(module, MAX_POOL_TYPES):
                     new_source(node)  # its passed outputs are the events
                     continue
-                if isinstance(module, _WEIGHTED_MODULES):
+                if isinstance(module, WEIGHTED_MODULES):
                     args, kwargs = _region_args(node, region, values)
                     reached.append(_total(_indicator_module(module)(*args, **kwargs)))
                     continue
@@ -228,16 +203,16 @@ def _connect(
     args, kwargs = _region_args(node, region, values)
     if node.op == "call_module":
         module = gm.get_submodule(str(node.target))
-        if isinstance(module, _COPY_MODULES):
+        if isinstance(module, COPY_MODULES):
             return module(*args, **kwargs)
-        if isinstance(module, _ELEMENTWISE_MODULES):
+        if isinstance(module, ELEMENTWISE_MODULES):
             return args[0]
-        if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+        if isinstance(module, AVERAGE_POOLS):
             return _sum_pool(args[0], module.kernel_size, module.stride, module.padding,
                              module.ceil_mode)  # fmt: skip
-        if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+        if isinstance(module, ADAPTIVE_AVERAGE_POOLS):
             return _adaptive_sum_pool(args[0], values[node].shape)
-        if isinstance(module, nn.Upsample):
+        if isinstance(module, UPSAMPLING_MODULES):
             return _interpolation(args[0], values[node].shape, module.mode, module.align_corners,
                                   scale_factor=module.scale_factor, size=module.size,
                                   recompute_scale_factor=module.recompute_scale_factor)  # fmt: skip
@@ -301,9 +276,7 @@ def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
     return dict(zip(names, args)) | dict(kwargs)
 
 
-def _sum_pool(
-    x: Tensor, kernel: Any, stride: Any, padding: Any, ceil_mode: bool
-) -> Tensor:
+def _sum_pool(x: Tensor, kernel: Any, stride: Any, padding: Any, ceil_mode: bool) -> Tensor:
     """Average pooling's connection indicator: the same windows, summed (divisor 1)."""
     spatial = x.dim() - 2
     if spatial == 1:  # no divisor_override in 1-D: a 2-D pool of height 1

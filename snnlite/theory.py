@@ -29,18 +29,23 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from snnlite.graph import SITES, site_nodes
+from snnlite.graph import (
+    REARRANGING_MODULES,
+    SITES,
+    WEIGHTED_MODULES,
+    is_site,
+    node_values,
+    site_name,
+    site_nodes,
+)
 from snnlite.network import SpikingNetwork
 
 __all__ = ["bound_terms", "operator_norm", "site_values", "spiking_site_averages"]
 
-# Modules that are 1-Lipschitz in the Euclidean norm (in eval mode), or are checked below.
-_ONE_LIPSCHITZ = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
-_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def _site_name(node: fx.Node) -> str:
-    return str(node.target).split(".", 1)[1]
+# Modules that are 1-Lipschitz in the Euclidean norm (in eval mode), or are checked below;
+# the layers whose operator norm is computed. Both come from graph's op tables.
+_ONE_LIPSCHITZ = REARRANGING_MODULES
+_LINEAR = WEIGHTED_MODULES
 
 
 def _activation(site: nn.Module, z: Tensor) -> Tensor:
@@ -59,12 +64,12 @@ class _SiteProbe(fx.Interpreter):
         self.inputs: dict[str, Tensor] = {}
         self.outputs: dict[str, Tensor] = {}
 
-    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
-        if not str(target).startswith(SITES + "."):
-            return super().call_module(target, args, kwargs)
-        name = str(target).split(".", 1)[1]
-        site = self.module.get_submodule(target)
-        z = args[0]
+    def run_node(self, n: fx.Node) -> Any:
+        if not is_site(n):
+            return super().run_node(n)
+        name = site_name(n)
+        site = self.module.get_submodule(str(n.target))
+        z = self.fetch_args_kwargs_from_env(n)[0][0]
         self.inputs[name] = z
         self.outputs[name] = site(z) if self.clipped else _activation(site, z)
         return self.substitute.get(name, self.outputs[name])
@@ -108,7 +113,7 @@ def spiking_site_averages(
     """
     gm = _with_site_outputs(snn.ann)
     probe = SpikingNetwork(gm, max_pool=snn.max_pool, progress=False)
-    names = [_site_name(node) for node in site_nodes(gm)]
+    names = [site_name(node) for node in site_nodes(gm)]
     runs = probe.simulate(x, list(timesteps), delay=0)
     return {T: (out, dict(zip(names, phis))) for T, (out, phis) in runs.items()}
 
@@ -155,8 +160,8 @@ def _segment_lipschitz(ann: fx.GraphModule, end: fx.Node, shapes: dict[fx.Node, 
         node = inputs[0]
         if node.op == "placeholder":
             return factor, layers, None
-        if node.op == "call_module" and str(node.target).startswith(SITES + "."):
-            return factor, layers, _site_name(node)
+        if is_site(node):
+            return factor, layers, site_name(node)
         module = ann.get_submodule(node.target) if node.op == "call_module" else None
         if isinstance(module, _LINEAR):
             norm = operator_norm(module, shapes[node.all_input_nodes[0]][1:])
@@ -165,27 +170,20 @@ def _segment_lipschitz(ann: fx.GraphModule, end: fx.Node, shapes: dict[fx.Node, 
         elif isinstance(module, nn.MaxPool2d | nn.MaxPool1d):
             if module.kernel_size != module.stride or module.padding not in (0, (0, 0)):
                 raise ValueError(f"max pool {node.target!r} has overlapping windows")
-        elif isinstance(module, _ONE_LIPSCHITZ) or (
-            node.op == "call_function" and getattr(node.target, "__name__", "") == "flatten"
-        ) or (node.op == "call_method" and node.target in ("flatten", "view", "reshape")):
+        elif (
+            isinstance(module, _ONE_LIPSCHITZ)
+            or (node.op == "call_function" and getattr(node.target, "__name__", "") == "flatten")
+            or (node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
+        ):
             pass
         else:
             raise ValueError(f"no Lipschitz bound for node {node.name!r} ({node.op} {node.target})")
 
 
 def _shapes(ann: fx.GraphModule, x: Tensor) -> dict[fx.Node, tuple]:
-    shapes: dict[fx.Node, tuple] = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            value = super().run_node(n)
-            if torch.is_tensor(value):
-                shapes[n] = tuple(value.shape)
-            return value
-
-    with torch.no_grad():
-        Recorder(ann).run(x[:1])
-    return shapes
+    """The shape of every tensor node on one sample of ``x``."""
+    values = node_values(ann, x[:1])
+    return {node: tuple(v.shape) for node, v in values.items() if torch.is_tensor(v)}
 
 
 def _per_image_norm(t: Tensor) -> Tensor:
@@ -206,7 +204,7 @@ def bound_terms(snn: SpikingNetwork, x: Tensor, timesteps: Iterable[int]) -> dic
     timesteps = sorted(set(timesteps))
     shapes = _shapes(ann, x)
     nodes = site_nodes(ann)
-    names = [_site_name(node) for node in nodes]
+    names = [site_name(node) for node in nodes]
     output_node = next(node for node in ann.graph.nodes if node.op == "output")
     lipschitz: list[float] = []
     layers: list[list] = []
@@ -217,7 +215,7 @@ def bound_terms(snn: SpikingNetwork, x: Tensor, timesteps: Iterable[int]) -> dic
             raise ValueError("the sites do not form a chain: Theorem 1 helpers need one")
         lipschitz.append(factor)
         layers.append(linear)
-        previous = _site_name(node) if node is not output_node else None
+        previous = site_name(node) if node is not output_node else None
     y_ann, _, a = site_values(ann, x)  # the original ANN (ReLU)
     runs = spiking_site_averages(snn, x, timesteps)
     terms: dict[int, dict[str, list[Tensor]]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -83,6 +84,20 @@ def vgg_zoo_snn(request, fashion):
 # --- the book's chapters ------------------------------------------------------------------
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+BOOK_EXTENSIONS = Path(__file__).resolve().parents[1] / "book" / "_ext"
+
+
+def headless_widgets() -> None:
+    """The book extension's patch against nbclient's widget hang, applied in this process
+    (book/_ext/widget_outputs.py says what it changes and why)."""
+    spec = importlib.util.spec_from_file_location(
+        "widget_outputs", BOOK_EXTENSIONS / "widget_outputs.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.headless_widgets()
+
+
 SOLUTION = re.compile(r"<details>(.*?)</details>", flags=re.S)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", flags=re.S)
 CELL_TIMEOUT = 300  # seconds per cell: 5x the slowest CI-sized cell, turns a hang into an error
@@ -117,8 +132,6 @@ def run_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     """
     papermill = pytest.importorskip("papermill")
     import yaml
-
-    from snnlite.notebook import headless_widgets
 
     # Widget cells hung CI (jupyter/nbclient#312: chapter 1's interact cell, kernel and
     # client idle); papermill runs nbclient in this process.

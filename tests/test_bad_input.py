@@ -116,80 +116,174 @@ def _on_meta(s: dict[str, Any]) -> Any:
 
 
 CASES = [
-    Case("model in training mode (batch statistics)",
-         lambda s: convert(copy.deepcopy(s["model"]).train(), s["calibration"]),
-         ValueError, r"in training mode: its BatchNorm2d '1' normalises each batch by its own "
-                     r"statistics.*Call model\.eval\(\)"),
-    Case("dropout alone in training mode",
-         lambda s: convert(_train_only(s["model"], nn.Dropout), s["calibration"]),
-         ValueError, r"its Dropout '6' drops activations at random"),
-    Case("half-precision calibration",
-         lambda s: convert(s["model"], [b.half() for b in s["calibration"]]),
-         TypeError, r"calibration batch 0 has dtype torch\.float16 but the network's weights "
-                    r"are torch\.float32: pass \.to\(torch\.float32\)"),
-    Case("integer calibration",
-         lambda s: convert(s["model"], [torch.randint(0, 255, (4, *SHAPE))]),
-         TypeError, r"calibration batch 0 has dtype torch\.int64: .*floating-point.*\.float\(\)"),
-    Case("calibration batch on the meta device",
-         lambda s: convert(s["model"], [torch.empty(4, *SHAPE, device="meta")]),
-         ValueError, r"calibration batch 0 is a meta tensor"),
-    Case("calibration batches of mixed shapes",
-         lambda s: convert(s["model"], [s["calibration"][0], torch.randn(4, 3, 6, 6)]),
-         ValueError, r"cannot run on calibration batch 1 of shape \(4, 3, 6, 6\) \(batch 0 "
-                     r"had samples of shape \(3, 8, 8\)\)"),
-    Case("calibration of the wrong number of channels",
-         lambda s: convert(s["model"], [torch.randn(4, 1, 8, 8)]),
-         ValueError, r"cannot run on calibration batch 0 of shape \(4, 1, 8, 8\): pass batches"),
-    Case("calibration generator that raises midway",
-         lambda s: convert(s["model"], raising_midway()),
-         CalibrationDataError, r"raised OSError after 1 batch\(es\): the disk went away\. "
-                               r"Fix or replace the data source"),
-    Case("empty calibration", lambda s: convert(s["model"], []),
-         ValueError, "calibration data is empty"),
-    Case("NaN in calibration",
-         lambda s: convert(s["model"], [s["calibration"][0], torch.full((2, *SHAPE), math.nan)]),
-         ValueError, "calibration batch 1 contains NaN"),
-    Case("half-precision input", lambda s: s["snn"].simulate(s["x"].half(), [8]),
-         TypeError, r"the input x has dtype torch\.float16 but the network's weights are "
-                    r"torch\.float32"),
-    Case("integer input", lambda s: s["snn"].simulate((s["x"] * 10).long(), [8]),
-         TypeError, r"dtype torch\.int64: the network takes floating-point inputs"),
-    Case("input on the meta device", lambda s: s["snn"].simulate(s["x"].to("meta"), [8]),
-         ValueError, "the input x is a meta tensor"),
-    Case("network on another device than the input", _on_meta,
-         ValueError, r"the input x is on device cpu but the network is on meta: move one"),
-    Case("wrong number of channels", lambda s: s["snn"].simulate(torch.randn(2, 1, 8, 8), [8]),
-         ValueError, r"cannot run on x of shape \(2, 1, 8, 8\); it was calibrated on samples "
-                     r"of shape \(3, 8, 8\)"),
-    Case("wrong image size for a linear head",
-         lambda s: s["snn"].simulate(torch.randn(2, 3, 10, 10), [8]),
-         ValueError, r"cannot run on x of shape \(2, 3, 10, 10\)"),
-    Case("one sample without its batch dimension",
-         lambda s: s["snn"].simulate(s["x"][0], [8]),
-         ValueError, r"x has shape \(3, 8, 8\).*x\.unsqueeze\(0\)"),
-    Case("T as a float", lambda s: s["snn"].simulate(s["x"], 8.0),
-         ValueError, r"positive integer, got 8\.0 \(a float: pass the int 8\)"),
-    Case("T as a float in a list", lambda s: s["snn"].simulate(s["x"], [8, 16.0]),
-         ValueError, r"got 16\.0 \(a float: pass the int 16\)"),
+    Case(
+        "model in training mode (batch statistics)",
+        lambda s: convert(copy.deepcopy(s["model"]).train(), s["calibration"]),
+        ValueError,
+        r"in training mode: its BatchNorm2d '1' normalises each batch by its own "
+        r"statistics.*Call model\.eval\(\)",
+    ),
+    Case(
+        "dropout alone in training mode",
+        lambda s: convert(_train_only(s["model"], nn.Dropout), s["calibration"]),
+        ValueError,
+        r"its Dropout '6' drops activations at random",
+    ),
+    Case(
+        "half-precision calibration",
+        lambda s: convert(s["model"], [b.half() for b in s["calibration"]]),
+        TypeError,
+        r"calibration batch 0 has dtype torch\.float16 but the network's weights "
+        r"are torch\.float32: pass \.to\(torch\.float32\)",
+    ),
+    Case(
+        "integer calibration",
+        lambda s: convert(s["model"], [torch.randint(0, 255, (4, *SHAPE))]),
+        TypeError,
+        r"calibration batch 0 has dtype torch\.int64: .*floating-point.*\.float\(\)",
+    ),
+    Case(
+        "calibration batch on the meta device",
+        lambda s: convert(s["model"], [torch.empty(4, *SHAPE, device="meta")]),
+        ValueError,
+        r"calibration batch 0 is a meta tensor",
+    ),
+    Case(
+        "calibration batches of mixed shapes",
+        lambda s: convert(s["model"], [s["calibration"][0], torch.randn(4, 3, 6, 6)]),
+        ValueError,
+        r"cannot run on calibration batch 1 of shape \(4, 3, 6, 6\) \(batch 0 "
+        r"had samples of shape \(3, 8, 8\)\)",
+    ),
+    Case(
+        "calibration of the wrong number of channels",
+        lambda s: convert(s["model"], [torch.randn(4, 1, 8, 8)]),
+        ValueError,
+        r"cannot run on calibration batch 0 of shape \(4, 1, 8, 8\): pass batches",
+    ),
+    Case(
+        "calibration generator that raises midway",
+        lambda s: convert(s["model"], raising_midway()),
+        CalibrationDataError,
+        r"raised OSError after 1 batch\(es\): the disk went away\. "
+        r"Fix or replace the data source",
+    ),
+    Case(
+        "empty calibration",
+        lambda s: convert(s["model"], []),
+        ValueError,
+        "calibration data is empty",
+    ),
+    Case(
+        "NaN in calibration",
+        lambda s: convert(s["model"], [s["calibration"][0], torch.full((2, *SHAPE), math.nan)]),
+        ValueError,
+        "calibration batch 1 contains NaN",
+    ),
+    Case(
+        "half-precision input",
+        lambda s: s["snn"].simulate(s["x"].half(), [8]),
+        TypeError,
+        r"the input x has dtype torch\.float16 but the network's weights are "
+        r"torch\.float32",
+    ),
+    Case(
+        "integer input",
+        lambda s: s["snn"].simulate((s["x"] * 10).long(), [8]),
+        TypeError,
+        r"dtype torch\.int64: the network takes floating-point inputs",
+    ),
+    Case(
+        "input on the meta device",
+        lambda s: s["snn"].simulate(s["x"].to("meta"), [8]),
+        ValueError,
+        "the input x is a meta tensor",
+    ),
+    Case(
+        "network on another device than the input",
+        _on_meta,
+        ValueError,
+        r"the input x is on device cpu but the network is on meta: move one",
+    ),
+    Case(
+        "wrong number of channels",
+        lambda s: s["snn"].simulate(torch.randn(2, 1, 8, 8), [8]),
+        ValueError,
+        r"cannot run on x of shape \(2, 1, 8, 8\); it was calibrated on samples "
+        r"of shape \(3, 8, 8\)",
+    ),
+    Case(
+        "wrong image size for a linear head",
+        lambda s: s["snn"].simulate(torch.randn(2, 3, 10, 10), [8]),
+        ValueError,
+        r"cannot run on x of shape \(2, 3, 10, 10\)",
+    ),
+    Case(
+        "one sample without its batch dimension",
+        lambda s: s["snn"].simulate(s["x"][0], [8]),
+        ValueError,
+        r"x has shape \(3, 8, 8\).*x\.unsqueeze\(0\)",
+    ),
+    Case(
+        "T as a float",
+        lambda s: s["snn"].simulate(s["x"], 8.0),
+        ValueError,
+        r"positive integer, got 8\.0 \(a float: pass the int 8\)",
+    ),
+    Case(
+        "T as a float in a list",
+        lambda s: s["snn"].simulate(s["x"], [8, 16.0]),
+        ValueError,
+        r"got 16\.0 \(a float: pass the int 16\)",
+    ),
     Case("T = 0", lambda s: s["snn"].simulate(s["x"], [0]), ValueError, "positive integer"),
     Case("T a bool", lambda s: s["snn"].simulate(s["x"], True), ValueError, "positive integer"),
-    Case("empty timesteps list", lambda s: s["snn"].simulate(s["x"], []),
-         ValueError, r"timesteps is empty: pass one T or a list"),
-    Case("negative delay", lambda s: s["snn"].simulate(s["x"], [8], delay=-1),
-         ValueError, "delay must be a non-negative number of steps"),
-    Case("NaN delay", lambda s: s["snn"].simulate(s["x"], [8], delay=math.nan),
-         ValueError, "delay must be a non-negative number of steps"),
-    Case("infinite delay", lambda s: s["snn"].simulate(s["x"], [8], delay=math.inf),
-         ValueError, "delay must be a non-negative number of steps"),
-    Case("unknown delay name", lambda s: s["snn"].simulate(s["x"], [8], delay="Auto"),
-         ValueError, r"'auto' or 'half', got 'Auto'"),
-    Case("empty delay list", lambda s: s["snn"].simulate(s["x"], [8], delay=[]),
-         ValueError, "delay is an empty list"),
+    Case(
+        "empty timesteps list",
+        lambda s: s["snn"].simulate(s["x"], []),
+        ValueError,
+        r"timesteps is empty: pass one T or a list",
+    ),
+    Case(
+        "negative delay",
+        lambda s: s["snn"].simulate(s["x"], [8], delay=-1),
+        ValueError,
+        "delay must be a non-negative number of steps",
+    ),
+    Case(
+        "NaN delay",
+        lambda s: s["snn"].simulate(s["x"], [8], delay=math.nan),
+        ValueError,
+        "delay must be a non-negative number of steps",
+    ),
+    Case(
+        "infinite delay",
+        lambda s: s["snn"].simulate(s["x"], [8], delay=math.inf),
+        ValueError,
+        "delay must be a non-negative number of steps",
+    ),
+    Case(
+        "unknown delay name",
+        lambda s: s["snn"].simulate(s["x"], [8], delay="Auto"),
+        ValueError,
+        r"'auto' or 'half', got 'Auto'",
+    ),
+    Case(
+        "empty delay list",
+        lambda s: s["snn"].simulate(s["x"], [8], delay=[]),
+        ValueError,
+        "delay is an empty list",
+    ),
 ]
 if torch.cuda.is_available():
-    CASES.append(Case("input on the GPU, network on the CPU",
-                      lambda s: s["snn"].simulate(s["x"].cuda(), [8]),
-                      ValueError, r"is on device cuda:0 but the network is on cpu"))
+    CASES.append(
+        Case(
+            "input on the GPU, network on the CPU",
+            lambda s: s["snn"].simulate(s["x"].cuda(), [8]),
+            ValueError,
+            r"is on device cuda:0 but the network is on cpu",
+        )
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -47,8 +47,12 @@ def fashion_root(tmp_path_factory):
 
 def test_a_missing_requirement_fails_in_ci_and_skips_elsewhere(monkeypatch):
     """The rule fashion_root follows: CI=true turns a would-be skip into a failure."""
-    for value, outcome in (("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
-                           ("", pytest.skip.Exception), ("false", pytest.skip.Exception)):
+    for value, outcome in (
+        ("true", pytest.fail.Exception),
+        ("1", pytest.fail.Exception),
+        ("", pytest.skip.Exception),
+        ("false", pytest.skip.Exception),
+    ):
         monkeypatch.setenv("CI", value)
         with pytest.raises(outcome, match="make data"):
             skip_or_fail("no data: run `make data`")

@@ -70,7 +70,6 @@ def test_detection_snn_reaches_its_ann(name, scenes):
     assert snn[256] > snn[32], snn
 
 
-
 SCENE_MODELS = ["scenes_fcn", "scenes_deeplabv3", "scenes_retinanet", "scenes_fcos"]
 
 

@@ -360,4 +360,3 @@ def test_unsupported_spike_paths_are_refused_by_name() -> None:
 
     with pytest.raises(NotImplementedError, match="mul"):
         _fanouts(Gate(), (1, 4, 4))
-

@@ -170,3 +170,24 @@ def test_structures_convert_and_simulate(structure, photo_crops) -> None:
     assert len(snn.thresholds) == sites
     out = snn.simulate(photo_crops[8:10], [2, 4], delay="auto")
     assert out[4].shape == (2, 1000) and torch.isfinite(out[4]).all()
+
+
+def test_site_helpers_and_op_tables() -> None:
+    """is_site / site_name name the neurons of a prepared graph; the op tables nest."""
+    from snnlite.graph import (
+        COPY_MODULES,
+        LINEAR_MODULES,
+        REARRANGING_MODULES,
+        is_site,
+        site_name,
+        site_nodes,
+    )
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2, 3), nn.ReLU())
+    gm = prepare(model)
+    names = [site_name(node) for node in site_nodes(gm)]
+    assert names == list(activation_sites(gm)) and names
+    others = [node for node in gm.graph.nodes if not is_site(node)]
+    with pytest.raises(ValueError, match="does not call an activation site"):
+        site_name(others[0])
+    assert set(REARRANGING_MODULES) <= set(COPY_MODULES) <= set(LINEAR_MODULES)

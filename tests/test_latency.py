@@ -35,8 +35,12 @@ def _distributions() -> dict[str, torch.Tensor]:
         "exponential": torch.empty(n).exponential_(generator=g) - 0.5,
         "uniform": torch.rand(n, generator=g) * 3 - 1,
         "heavy tail": torch.randn(n, generator=g) / torch.rand(n, generator=g).clamp(min=0.05),
-        "two modes": torch.cat([torch.randn(n // 2, generator=g) * 0.1 + 0.3,
-                                torch.randn(n // 2, generator=g) * 0.2 + 2.0]),  # fmt: skip
+        "two modes": torch.cat(
+            [
+                torch.randn(n // 2, generator=g) * 0.1 + 0.3,
+                torch.randn(n // 2, generator=g) * 0.2 + 2.0,
+            ]
+        ),  # fmt: skip
     }
 
 
@@ -183,7 +187,6 @@ def test_default_tuning_sets_every_part(images: torch.Tensor) -> None:
     for site in activation_sites(fast.ann).values():
         assert site.bias is None and site.charge is not None
     assert fast.delay_estimate in (0.0,)  # T = 4 leaves one candidate: the whole window
-
 
 
 def test_auto_delay_follows_the_schedule() -> None:

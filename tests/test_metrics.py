@@ -9,18 +9,22 @@ from snnlite.metrics import detection_map, mean_iou
 
 # ---------------------------------------------------------------- mean IoU
 
-TARGET = torch.tensor([
-    [0, 0, 1, 1],
-    [0, 0, 1, 1],
-    [2, 2, 2, 2],
-    [2, 2, 2, 2],
-])
-PRED = torch.tensor([
-    [0, 1, 1, 1],
-    [0, 0, 1, 1],
-    [2, 2, 0, 2],
-    [2, 2, 2, 2],
-])
+TARGET = torch.tensor(
+    [
+        [0, 0, 1, 1],
+        [0, 0, 1, 1],
+        [2, 2, 2, 2],
+        [2, 2, 2, 2],
+    ]
+)
+PRED = torch.tensor(
+    [
+        [0, 1, 1, 1],
+        [0, 0, 1, 1],
+        [2, 2, 0, 2],
+        [2, 2, 2, 2],
+    ]
+)
 
 
 def test_mean_iou_by_hand() -> None:
@@ -77,12 +81,19 @@ def test_detection_map_by_hand() -> None:
     At t >= 0.65: recall stops at .5 -> AP = 51/101.
     mAP = (3 * AP_low + 7 * AP_high) / 10 over the 10 thresholds .50:.05:.95.
     """
-    targets = [{"boxes": torch.tensor([_box(0, 0, 10, 10), _box(20, 20, 36, 30)]),
-                "labels": torch.tensor([1, 1])}]
-    preds = [{"boxes": torch.tensor([_box(0, 0, 10, 10), _box(60, 60, 70, 70),
-                                     _box(20, 20, 30, 30)]),
-              "scores": torch.tensor([0.9, 0.8, 0.7]),
-              "labels": torch.tensor([1, 1, 1])}]
+    targets = [
+        {
+            "boxes": torch.tensor([_box(0, 0, 10, 10), _box(20, 20, 36, 30)]),
+            "labels": torch.tensor([1, 1]),
+        }
+    ]
+    preds = [
+        {
+            "boxes": torch.tensor([_box(0, 0, 10, 10), _box(60, 60, 70, 70), _box(20, 20, 30, 30)]),
+            "scores": torch.tensor([0.9, 0.8, 0.7]),
+            "labels": torch.tensor([1, 1, 1]),
+        }
+    ]
     ap_low, ap_high = (51 + 100 / 3) / 101, 51 / 101
     result = detection_map(preds, targets)
     assert result["map_50"] == pytest.approx(ap_low, abs=1e-6)

@@ -244,6 +244,8 @@ def test_claims_hold_at_book_parameters(name: str) -> None:
     r = json.loads(path.read_text())
     _check_keys(r)
     globals()[f"claims_{name}"](r, PARAMS["book"][name])
+
+
 def test_09_low_latency(run_notebook) -> None:
     r = run_notebook("09_low_latency")
     _check_keys(r)
@@ -340,12 +342,15 @@ def test_widget_cells_record_outputs_without_messaging_the_kernel(tmp_path) -> N
     papermill = pytest.importorskip("papermill")
     from nbclient import output_widget
 
-    from snnlite.notebook import headless_widgets
+    from tests.conftest import headless_widgets
 
     headless_widgets()
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(
-        "import ipywidgets as w\nw.interact(lambda x=2: print('x =', x), x=(0, 4));")]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import ipywidgets as w\nw.interact(lambda x=2: print('x =', x), x=(0, 4));"
+        )
+    ]
     nbformat.write(nb, tmp_path / "widget.ipynb")
     sent = []
     original = output_widget.OutputWidget._publish_msg

@@ -183,9 +183,16 @@ def blocks(draw: st.DrawFn, size: int) -> tuple[tuple[Block, ...], int]:
         if kind == "conv":
             stride = draw(st.sampled_from([1, 2])) if size >= 4 else 1
             kernel = draw(st.sampled_from([1, 3]))
-            chosen.append(Block("conv", width=draw(st.integers(2, 4)), kernel=kernel,
-                                stride=stride, batch_norm=draw(st.booleans()),
-                                activation=draw(st.sampled_from(["relu", "relu6", "none"]))))
+            chosen.append(
+                Block(
+                    "conv",
+                    width=draw(st.integers(2, 4)),
+                    kernel=kernel,
+                    stride=stride,
+                    batch_norm=draw(st.booleans()),
+                    activation=draw(st.sampled_from(["relu", "relu6", "none"])),
+                )
+            )
             size = (size + 2 * (kernel // 2) - kernel) // stride + 1
         elif kind == "pool":
             pool = draw(st.sampled_from(["max", "max3", "avg"]))

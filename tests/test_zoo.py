@@ -24,8 +24,17 @@ CLASSIFIERS = ["fmnist_vgg", "fmnist_resnet"]
 MOBILENET = "mobilenet_v2_imagenet"
 
 INFO_KEYS = {
-    "task", "dataset", "metrics", "sha256", "params", "file", "train_command",
-    "train_cpu_minutes", "input_shape", "num_classes", "classes",
+    "task",
+    "dataset",
+    "metrics",
+    "sha256",
+    "params",
+    "file",
+    "train_command",
+    "train_cpu_minutes",
+    "input_shape",
+    "num_classes",
+    "classes",
 }
 
 
@@ -126,7 +135,7 @@ def test_accuracy_matches_registry(name: str, test_subset) -> None:
     assert len(images) == 2000
     model = zoo.load(name)
     with torch.no_grad():
-        pred = torch.cat([model(images[i:i + 500]).argmax(1) for i in range(0, 2000, 500)])
+        pred = torch.cat([model(images[i : i + 500]).argmax(1) for i in range(0, 2000, 500)])
     acc = (pred == labels).float().mean().item()
     assert abs(acc - zoo.info(name)["metrics"]["accuracy"]) <= 0.015, acc
 
@@ -210,8 +219,17 @@ def test_training_is_seeded_and_deterministic(tmp_path: Path) -> None:
 
 
 def test_vgg_uses_standard_layers_with_pools_after_relus() -> None:
-    allowed = (nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d,
-               nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Dropout)
+    allowed = (
+        nn.Sequential,
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.ReLU,
+        nn.MaxPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.Flatten,
+        nn.Linear,
+        nn.Dropout,
+    )
     model = zoo.build("fmnist_vgg")
     assert all(isinstance(m, allowed) for m in model.modules() if m is not model)
     features = list(model.features)

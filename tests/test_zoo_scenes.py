@@ -131,8 +131,10 @@ def test_bn_state_loads_into_frozen_bn() -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("script", "name"), [("train_segmentation", "scenes_fcn"),
-                                              ("train_detection", "scenes_retinanet")])
+@pytest.mark.parametrize(
+    ("script", "name"),
+    [("train_segmentation", "scenes_fcn"), ("train_detection", "scenes_retinanet")],
+)
 def test_scene_training_is_seeded_and_deterministic(tmp_path, script, name) -> None:
     """Two tiny runs (8 scenes, batches of 4, one epoch) with one seed give byte-identical
     files, measured on the file as stored (the registry's sha256 rests on this)."""

@@ -1,6 +1,6 @@
 """Real datasets that work offline: Fashion-MNIST, bundled photos, fashion scenes.
 
-Only torch, torchvision, numpy and scikit-image are imported here, so this
+Only torch, torchvision, numpy, scikit-image and tqdm are imported here, so this
 package is cheap to import on its own.
 """
 
@@ -21,7 +21,13 @@ from snnlite.data.photos import (
     photo,
     photo_names,
 )
-from snnlite.data.scenes import SCENE_CLASSES, FashionScenes, collate_detection, scene_tensors
+from snnlite.data.scenes import (
+    SCENE_CLASSES,
+    FashionScenes,
+    collate_detection,
+    load_scenes,
+    scene_tensors,
+)
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -38,6 +44,7 @@ __all__ = [
     "fashion_mnist_tensors",
     "imagenet_batch",
     "imagenet_transform",
+    "load_scenes",
     "photo",
     "photo_names",
     "scene_tensors",

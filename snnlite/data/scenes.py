@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from snnlite.data.fashion import FASHION_MNIST_CLASSES, fashion_mnist
 
@@ -233,6 +234,26 @@ def collate_detection(
     return list(images), list(targets)
 
 
+def load_scenes(progress: bool = True, **scene_args) -> dict:
+    """Generate a whole FashionScenes split into memory (why: generating a scene costs
+    about as much as one training step on it, so every epoch after the first reuses them).
+
+    ``scene_args`` go to :class:`FashionScenes`. Returns ``images`` float32 (N, 3, S, S) in
+    [0, 1], ``semantic`` uint8 (N, S, S), and ``targets``: one ``{"boxes": (K, 4) float32,
+    "labels": (K,) int64}`` per scene.
+    """
+    scenes = FashionScenes(**scene_args)
+    n, s = len(scenes), scenes.size
+    images = torch.empty(n, 3, s, s)
+    semantic = torch.empty(n, s, s, dtype=torch.uint8)  # labels 0..10 fit a byte
+    targets: list[dict[str, torch.Tensor]] = []
+    for i in tqdm(range(n), desc=f"scenes {scenes.split}", disable=not progress, leave=False):
+        images[i], target = scenes[i]
+        semantic[i] = target["semantic"]
+        targets.append({"boxes": target["boxes"], "labels": target["labels"]})
+    return {"images": images, "semantic": semantic, "targets": targets}
+
+
 def scene_tensors(
     split: str = "train",
     num_scenes: int = 1000,
@@ -241,11 +262,8 @@ def scene_tensors(
     max_items: int = 4,
     root: str | os.PathLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole scene set stacked for segmentation: images (N, 3, S, S), semantic (N, S, S)."""
-    scenes = FashionScenes(split, num_scenes, size, seed, max_items, root)
-    images = torch.empty(num_scenes, 3, size, size)
-    semantic = torch.empty(num_scenes, size, size, dtype=torch.int64)
-    for i in range(num_scenes):
-        images[i], target = scenes[i]
-        semantic[i] = target["semantic"]
-    return images, semantic
+    """Whole scene set stacked for segmentation: images (N, 3, S, S), semantic (N, S, S) int64
+    (:func:`load_scenes` without the boxes)."""
+    scenes = load_scenes(progress=False, split=split, num_scenes=num_scenes, size=size,
+                         seed=seed, max_items=max_items, root=root)  # fmt: skip
+    return scenes["images"], scenes["semantic"].long()

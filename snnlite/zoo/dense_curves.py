@@ -12,7 +12,7 @@ The same simulations count the SNN's synaptic operations (``record_spikes``); th
 result also holds the ANN's MACs, so that energy tables of the scene models
 (:mod:`snnlite.energy`) come from the stored numbers::
 
-    python -m snnlite.zoo.dense_curves --table      # energy tables of every stored result
+    python -m snnlite.energy --stored      # energy tables of every stored result
 """
 
 from __future__ import annotations
@@ -139,9 +139,7 @@ def energy_tables() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model")
-    parser.add_argument("--table", action="store_true",
-                        help="print the energy tables of the stored results and stop")
+    parser.add_argument("--model", required=True, help="zoo scene model, e.g. scenes_fcn")
     parser.add_argument("--images", type=int, default=500, help="first N zoo test scenes")
     parser.add_argument("--calibration-scenes", type=int, default=320)
     parser.add_argument("--calibration-batch", type=int, default=16)
@@ -149,11 +147,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
-    if args.table:
-        print(energy_tables())
-        return
-    if not args.model:
-        parser.error("--model is required (or --table)")
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
                      tuple(args.timesteps))  # fmt: skip

@@ -114,8 +114,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--targets", default=",".join(map(str, TARGETS)),
                         help="target T's of the low-latency tuning")  # fmt: skip
-    parser.add_argument("--variants", default=",".join(STORED_VARIANTS),
-                        help=f"latency parts compared at the first target: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        default=",".join(STORED_VARIANTS),
+        help=f"latency parts compared at the first target: {', '.join(VARIANTS)}",
+    )
     args = parser.parse_args()
     targets = tuple(int(t) for t in args.targets.split(","))
     variants = tuple(args.variants.split(","))

@@ -245,8 +245,9 @@ def scenes_deeplabv3(num_classes: int = SCENE_NUM_CLASSES) -> DeepLabV3:
     return DeepLabV3(_seg_trunk(), head, aux_classifier=None)
 
 
-def scene_fpn_backbone(norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d
-                       ) -> BackboneWithFPN:
+def scene_fpn_backbone(
+    norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d,
+) -> BackboneWithFPN:
     """SceneResNet (strides 8/16/32 at layer2-4) + FPN (64 ch) + P6/P7: maps 12, 6, 3, 2, 1."""
     trunk = SceneResNet(widths=(32, 64, 128, 128), strides=(2, 2, 2, 2), norm_layer=norm_layer)
     return BackboneWithFPN(
@@ -278,20 +279,33 @@ def scene_anchor_generator(per_location: int = 9) -> AnchorGenerator:
 
 
 _DETECTOR_KW = dict(
-    min_size=SCENE_SIZE, max_size=SCENE_SIZE, image_mean=list(SCENE_MEAN),
-    image_std=list(SCENE_STD), detections_per_img=50,
+    min_size=SCENE_SIZE,
+    max_size=SCENE_SIZE,
+    image_mean=list(SCENE_MEAN),
+    image_std=list(SCENE_STD),
+    detections_per_img=50,
 )
 
 
-def scenes_retinanet(num_classes: int = SCENE_NUM_CLASSES,
-                     norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d) -> RetinaNet:
+def scenes_retinanet(
+    num_classes: int = SCENE_NUM_CLASSES, norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d
+) -> RetinaNet:
     """torchvision ``RetinaNet`` (its default head: conv-ReLU towers, no norm) on the FPN."""
-    return RetinaNet(scene_fpn_backbone(norm_layer), num_classes,
-                     anchor_generator=scene_anchor_generator(9), **_DETECTOR_KW)
+    return RetinaNet(
+        scene_fpn_backbone(norm_layer),
+        num_classes,
+        anchor_generator=scene_anchor_generator(9),
+        **_DETECTOR_KW,
+    )
 
 
-def scenes_fcos(num_classes: int = SCENE_NUM_CLASSES,
-                norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d) -> FCOS:
+def scenes_fcos(
+    num_classes: int = SCENE_NUM_CLASSES, norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d
+) -> FCOS:
     """torchvision ``FCOS`` (its default head: conv-GroupNorm(32)-ReLU towers) on the FPN."""
-    return FCOS(scene_fpn_backbone(norm_layer), num_classes,
-                anchor_generator=scene_anchor_generator(1), **_DETECTOR_KW)
+    return FCOS(
+        scene_fpn_backbone(norm_layer),
+        num_classes,
+        anchor_generator=scene_anchor_generator(1),
+        **_DETECTOR_KW,
+    )

@@ -15,7 +15,7 @@ Two kinds of entries exist:
 
 Segmentation (FCN, DeepLabV3) and detection (RetinaNet, FCOS) entries are trained here on
 ``snnlite.data.FashionScenes``; their ``extra`` holds the exact generator arguments of the
-train and test scenes (``scene_eval.TRAIN_SCENES`` / ``TEST_SCENES``) and how inputs are fed.
+train and test scenes (``TRAIN_SCENES`` / ``TEST_SCENES``, below) and how inputs are fed.
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ from torch import nn
 from snnlite.data import FASHION_MNIST_CLASSES, SCENE_CLASSES
 from snnlite.zoo import models as _models
 from snnlite.zoo.models import FashionResNet, FashionVGG
-from snnlite.zoo.scene_eval import TEST_SCENES, TRAIN_SCENES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # measured SNN accuracy tables
 
 TASKS = ("classification", "segmentation", "detection")
+
+# Arguments of FashionScenes for the zoo's train and test splits.
+TRAIN_SCENES = {"split": "train", "num_scenes": 5000, "size": 96, "seed": 0, "max_items": 4}
+TEST_SCENES = {"split": "test", "num_scenes": 500, "size": 96, "seed": 0, "max_items": 4}
 
 
 class WeightsFileError(RuntimeError):
@@ -88,6 +91,7 @@ def _tv_weights(spec: str) -> torchvision.models.WeightsEnum:
 
 _MOBILENET = _tv_weights("MobileNet_V2_Weights.IMAGENET1K_V1")
 
+
 def _scenes_extra(inputs: str) -> dict:
     return {
         "train_scenes": dict(TRAIN_SCENES),  # FashionScenes(**train_scenes)
@@ -96,16 +100,22 @@ def _scenes_extra(inputs: str) -> dict:
     }
 
 
-_SEG_INPUTS = ("raw FashionScenes images (N, 3, 96, 96) in [0, 1], no normalisation; "
-               "returns {'out': (N, 11, 96, 96) logits}")
-_DET_INPUTS = ("a list of raw FashionScenes images (3, 96, 96) in [0, 1]; the model's "
-               "GeneralizedRCNNTransform normalises (SCENE_MEAN/STD) and never resizes; "
-               "labels 1..10 = SCENE_CLASSES index")
+_SEG_INPUTS = (
+    "raw FashionScenes images (N, 3, 96, 96) in [0, 1], no normalisation; "
+    "returns {'out': (N, 11, 96, 96) logits}"
+)
+_DET_INPUTS = (
+    "a list of raw FashionScenes images (3, 96, 96) in [0, 1]; the model's "
+    "GeneralizedRCNNTransform normalises (SCENE_MEAN/STD) and never resizes; "
+    "labels 1..10 = SCENE_CLASSES index"
+)
 
 
 def _scenes_command(script: str, name: str, epochs: int, extra: str = "") -> str:
-    return (f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} {extra}--seed 0 "
-            f"--out snnlite/zoo/weights/{name}.pth")
+    return (
+        f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} {extra}--seed 0 "
+        f"--out snnlite/zoo/weights/{name}.pth"
+    )
 
 
 def _scene_entry(name: str, task: str, epochs: int, train_options: str = "", **fields) -> ZooEntry:

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from snnlite.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist_tensors
+from snnlite.metrics import ann_accuracy
 from snnlite.zoo import training
 from snnlite.zoo.registry import build
 from snnlite.zoo.training import file_record, reload, save_weights
@@ -50,18 +51,6 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor
     return padded[idx, 0, rows, cols].unsqueeze(1)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000
-             ) -> float:
-    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        pred = model(images[i:i + batch]).argmax(1)
-        correct += int((pred == labels[i:i + batch]).sum())
-    return correct / len(images)
-
-
 def train(
     model_name: str,
     epochs: int,
@@ -85,8 +74,17 @@ def train(
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(model_name, epochs, seed, Path(out), batch_size, lr, weight_decay,
-                      label_smoothing, limit)
+        return _train(
+            model_name,
+            epochs,
+            seed,
+            Path(out),
+            batch_size,
+            lr,
+            weight_decay,
+            label_smoothing,
+            limit,
+        )
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_deterministic)
@@ -118,7 +116,9 @@ def _train(
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay}],
-        lr=lr, momentum=0.9, nesterov=True,
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
     )
     steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -133,7 +133,7 @@ def _train(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         total = 0.0
         for step in bar:
-            idx = perm[step * batch_size:(step + 1) * batch_size]
+            idx = perm[step * batch_size : (step + 1) * batch_size]
             xb = augment(x_train[idx], gen).contiguous(memory_format=torch.channels_last)
             loss = loss_fn(model(xb), y_train[idx])
             opt.zero_grad(set_to_none=True)
@@ -142,16 +142,19 @@ def _train(
             sched.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        acc = evaluate(model, x_test, y_test)
-        print(f"epoch {epoch + 1}/{epochs}: train loss {total / steps_per_epoch:.4f}  "
-              f"test acc {acc:.4f}  cpu {(time.process_time() - cpu0) / 60:.1f} min", flush=True)
+        acc = ann_accuracy(model, x_test, y_test, 1000)
+        print(
+            f"epoch {epoch + 1}/{epochs}: train loss {total / steps_per_epoch:.4f}  "
+            f"test acc {acc:.4f}  cpu {(time.process_time() - cpu0) / 60:.1f} min",
+            flush=True,
+        )
     cpu_min = (time.process_time() - cpu0) / 60
     wall_min = (time.time() - wall0) / 60
 
     save_weights(model, out)
     # Re-measure on the file as stored, loaded into a fresh float32 model.
     fresh = reload(lambda: build(model_name), out)
-    accuracy = evaluate(fresh, x_test, y_test)
+    accuracy = ann_accuracy(fresh, x_test, y_test, 1000)
     return file_record(model_name, fresh, out, cpu_min, wall_min, test_accuracy=accuracy)
 
 

@@ -32,22 +32,33 @@ from snnlite.zoo.training import file_record, reload, save_weights
 MODELS = {"scenes_retinanet": models.scenes_retinanet, "scenes_fcos": models.scenes_fcos}
 
 
-def hflip_targets(targets: list[dict[str, Tensor]], flip: Tensor, size: int
-                  ) -> list[dict[str, Tensor]]:
+def hflip_targets(
+    targets: list[dict[str, Tensor]], flip: Tensor, size: int
+) -> list[dict[str, Tensor]]:
     """Mirror the (x1, y1, x2, y2) boxes of the scenes whose ``flip`` is set: x -> size - x."""
     out = []
     for t, f in zip(targets, flip.tolist()):
         boxes = t["boxes"]
         if f:
-            boxes = torch.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0],
-                                 boxes[:, 3]], dim=1)
+            boxes = torch.stack(
+                [size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], dim=1
+            )
         out.append({"boxes": boxes, "labels": t["labels"]})
     return out
 
 
-def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 32,
-          lr: float = 2e-3, weight_decay: float = 1e-4, clip: float = 10.0, threads: int = 1,
-          limit: int | None = None) -> dict:
+def train(
+    model_name: str,
+    epochs: int,
+    seed: int,
+    out: Path,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    clip: float = 10.0,
+    threads: int = 1,
+    limit: int | None = None,
+) -> dict:
     """Train with BatchNorm2d, save the state_dict to ``out``, evaluate the frozen-BN model."""
     if model_name not in MODELS:
         raise ValueError(f"unknown detection model {model_name!r}; choose from {list(MODELS)}")
@@ -66,18 +77,24 @@ def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 
     model = MODELS[model_name](norm_layer=nn.BatchNorm2d)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # norms and biases
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
     steps = len(images) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
-                                                steps_per_epoch=steps, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=0.2
+    )
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(images), generator=gen)
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         totals: dict[str, float] = {}
         for step in bar:
-            idx = perm[step * batch_size:(step + 1) * batch_size]
+            idx = perm[step * batch_size : (step + 1) * batch_size]
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
             y = hflip_targets([targets[i] for i in idx.tolist()], flip, size)
@@ -92,8 +109,10 @@ def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 
                 totals[k] = totals.get(k, 0.0) + v.item()
             bar.set_postfix(loss=f"{sum(totals.values()) / (step + 1):.3f}")
         parts = "  ".join(f"{k} {v / steps:.4f}" for k, v in totals.items())
-        print(f"epoch {epoch + 1}/{epochs}: {parts}  "
-              f"cpu {(time.process_time() - cpu0) / 60:.1f} min", flush=True)
+        print(
+            f"epoch {epoch + 1}/{epochs}: {parts}  cpu {(time.process_time() - cpu0) / 60:.1f} min",
+            flush=True,
+        )
     cpu_min = (time.process_time() - cpu0) / 60
     wall_min = (time.time() - wall0) / 60
 

@@ -6,7 +6,7 @@ Usage::
         --out snnlite/zoo/weights/scenes_fcn.pth
 
 Why it looks like this: the weights must be reproducible on a laptop, so training uses one
-CPU thread, a fixed seed, the scenes generated once into memory (``scene_eval.TRAIN_SCENES``),
+CPU thread, a fixed seed, the scenes generated once into memory (``registry.TRAIN_SCENES``),
 random horizontal flips of image and mask together, per-pixel cross-entropy on the
 full-resolution logits (torchvision's FCN/DeepLabV3 upsample to the input size) and AdamW
 with a OneCycle schedule (robust from scratch, no tuning per model). It prints the mIoU of
@@ -30,9 +30,17 @@ from snnlite.zoo.training import file_record, reload, save_weights
 MODELS = {"scenes_fcn": models.scenes_fcn, "scenes_deeplabv3": models.scenes_deeplabv3}
 
 
-def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 32,
-          lr: float = 3e-3, weight_decay: float = 1e-4, threads: int = 1,
-          limit: int | None = None) -> dict:
+def train(
+    model_name: str,
+    epochs: int,
+    seed: int,
+    out: Path,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    threads: int = 1,
+    limit: int | None = None,
+) -> dict:
     """Train, save the float32 state_dict to ``out`` and return the stats.
 
     ``limit`` keeps only that many train and test scenes (smoke tests).
@@ -53,18 +61,24 @@ def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 
     model = MODELS[model_name]().to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
     steps = len(images) // batch_size  # drop the ragged last batch (BN needs > 1 sample)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
-                                                steps_per_epoch=steps, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=0.2
+    )
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(images), generator=gen)
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         total = 0.0
         for step in bar:
-            idx = perm[step * batch_size:(step + 1) * batch_size]
+            idx = perm[step * batch_size : (step + 1) * batch_size]
             x, y = images[idx], semantic[idx].long()  # (B, 3, S, S), (B, S, S)
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -77,8 +91,11 @@ def train(model_name: str, epochs: int, seed: int, out: Path, batch_size: int = 
             sched.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        print(f"epoch {epoch + 1}/{epochs}: train loss {total / steps:.4f}  "
-              f"cpu {(time.process_time() - cpu0) / 60:.1f} min", flush=True)
+        print(
+            f"epoch {epoch + 1}/{epochs}: train loss {total / steps:.4f}  "
+            f"cpu {(time.process_time() - cpu0) / 60:.1f} min",
+            flush=True,
+        )
     cpu_min = (time.process_time() - cpu0) / 60
     wall_min = (time.time() - wall0) / 60
 

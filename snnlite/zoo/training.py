@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from snnlite.zoo.registry import sha256_file
+
 
 def save_weights(model: nn.Module, out: Path, skip_suffix: str | None = None) -> None:
     """Save ``model``'s state_dict to ``out`` as contiguous copies (stable bytes); keys ending
@@ -32,11 +34,15 @@ def reload(builder: Callable[[], nn.Module], out: Path) -> nn.Module:
     return fresh
 
 
-def file_record(model_name: str, fresh: nn.Module, out: Path, cpu_minutes: float,
-                wall_minutes: float, **metrics: float) -> dict:
+def file_record(
+    model_name: str,
+    fresh: nn.Module,
+    out: Path,
+    cpu_minutes: float,
+    wall_minutes: float,
+    **metrics: float,
+) -> dict:
     """What the registry records about a trained file: its metrics, cost, size and hash."""
-    from snnlite.zoo.registry import sha256_file  # here: the registry imports the models
-
     return {
         "model": model_name,
         **metrics,
@@ -48,8 +54,17 @@ def file_record(model_name: str, fresh: nn.Module, out: Path, cpu_minutes: float
     }
 
 
-def main(doc: str, train: Callable[..., dict], models: list[str] | None, *, epochs: int,
-         batch_size: int, lr: float, weight_decay: float, argv: list[str] | None = None) -> None:
+def main(
+    doc: str,
+    train: Callable[..., dict],
+    models: list[str] | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    argv: list[str] | None = None,
+) -> None:
     """The scripts' shared command line; the defaults are each script's recipe."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--model", required=True, choices=sorted(models) if models else None)

@@ -51,7 +51,6 @@ ANN; FPS/W = 1 / energy per frame in joules. Any task (here segmentation)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -62,9 +61,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from snnlite.graph import is_site
+from snnlite.metrics import ann_accuracy, simulate_batches
 from snnlite.synapses import Activity, fanout_maps  # noqa: F401 (fanout_maps: re-exported)
 
 __all__ = [  # Activity and fanout_maps live in snnlite.synapses (imported here for callers)
@@ -328,19 +327,14 @@ def recorded_runs(
     ``batches`` yields inputs or ``(inputs, targets)``; ``update({T: output}, batch)`` updates
     the caller's metric (top-1, mIoU, mAP: any task). ``simulate`` defaults to
     ``snn.simulate``; pass e.g. a :class:`~snnlite.detection.SpikingDetector`'s ``simulate``
-    (its ``.snn`` as ``snn``) so that the outputs are detections. Returns the merged activity.
+    (its ``.snn`` as ``snn``) so that the outputs are detections. ``options`` go to
+    ``simulate`` (delay, chunk_size, ...). Returns the activity of all batches (also left in
+    ``snn.last_activity``): an adapter on :func:`snnlite.metrics.simulate_batches`.
     """
-    run = simulate or snn.simulate
-    timesteps = sorted(set(timesteps))
-    activity: Activity | None = None
-    for batch in batches:
-        inputs = batch[0] if isinstance(batch, tuple | list) else batch
-        outputs = run(inputs, timesteps, record_spikes=True, progress=False, **options)
-        update(outputs, batch)
-        current = snn.last_activity
-        activity = current if activity is None else activity.merge(current)
-    if activity is None:
-        raise ValueError("no batches to simulate")
+    pairs = ((batch[0] if isinstance(batch, tuple | list) else batch, batch) for batch in batches)
+    activity = simulate_batches(snn, pairs, timesteps, update, simulate=simulate,
+                                record_spikes=True, **options)  # fmt: skip
+    assert activity is not None  # record_spikes=True
     return activity
 
 
@@ -366,19 +360,18 @@ def classification_energy(
     With the ANN's own top-1 as ``labels`` the metric is the SNN's agreement with the ANN
     (the ANN's is 1 by construction): name it with ``metric``.
     """
-    from snnlite.metrics import ann_accuracy  # here: metrics imports network imports energy
-
     timesteps = sorted(set(timesteps))
     correct = dict.fromkeys(timesteps, 0)
 
-    def update(outputs: dict[int, Tensor], batch: tuple[Tensor, Tensor]) -> None:
+    def update(outputs: dict[int, Tensor], y: Tensor) -> None:
         for T, logits in outputs.items():
-            correct[T] += int((logits.argmax(1) == batch[1]).sum())
+            correct[T] += int((logits.argmax(1) == y).sum())
 
     batches = [(images[i : i + batch_size], labels[i : i + batch_size])
                for i in range(0, len(images), batch_size)]  # fmt: skip
-    bar = tqdm(batches, desc=name, disable=not progress)
-    activity = recorded_runs(snn, bar, timesteps, update, delay=delay)
+    activity = simulate_batches(snn, batches, timesteps, update, delay=delay,
+                                record_spikes=True, progress=progress, desc=name)  # fmt: skip
+    assert activity is not None  # record_spikes=True
     curve = {T: correct[T] / len(images) for T in timesteps}
     row = energy_row(
         name, curve, activity.sops_at(timesteps), ann_accuracy(model, images, labels),
@@ -386,63 +379,3 @@ def classification_energy(
         metric=metric, preset=preset,
     )  # fmt: skip
     return row, activity, curve
-
-
-def _main(argv: list[str] | None = None) -> None:
-    """Energy tables of zoo classifiers (LTB channel-wise, delay auto)::
-
-        python -m snnlite.energy --models fmnist_vgg fmnist_resnet --images 500
-        python -m snnlite.energy --models mobilenet_v2_imagenet --images 64 --photo-size 96
-
-    Fashion-MNIST models: top-1 accuracy on the first test images, calibrated on 3000
-    training images. MobileNetV2 (ImageNet): no labelled ImageNet is at hand offline, so the
-    metric is the SNN's top-1 agreement with the ANN on augmented crops of the scikit-image
-    photos (calibration: other crops of them, batches of 16).
-    """
-    import snnlite
-    from snnlite import zoo
-    from snnlite.data import augmented_crops, fashion_mnist_tensors
-
-    parser = argparse.ArgumentParser(description=_main.__doc__)
-    parser.add_argument("--models", nargs="+", default=["fmnist_vgg", "fmnist_resnet"])
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[4, 8, 12, 16, 24, 32, 48,
-                                                                     64, 96, 128, 256])
-    parser.add_argument("--photo-size", type=int, default=96, help="ImageNet models' crops")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    if any(name.startswith("fmnist") for name in args.models):  # loaded once for all of them
-        test, test_labels = fashion_mnist_tensors("test")
-        fashion_calibration = list(fashion_mnist_tensors("train")[0][:3000].split(50))
-    rows = []
-    for name in args.models:
-        model = zoo.load(name)
-        if name.startswith("fmnist"):
-            calibration, metric, batch = fashion_calibration, "accuracy", 250
-            images, labels = test[: args.images], test_labels[: args.images]
-        else:  # an ImageNet model: agreement with the ANN on photo crops
-            calibration = list(augmented_crops(320, seed=1, size=args.photo_size).split(16))
-            images = augmented_crops(args.images, seed=2, size=args.photo_size)
-            with torch.no_grad():
-                labels = model(images).argmax(dim=1)
-            metric, batch = "agreement", 32  # larger images than Fashion-MNIST: smaller batches
-        snn = snnlite.convert(model, calibration, progress=False)
-        row, activity, curve = classification_energy(
-            name, model, snn, images, labels, args.timesteps, batch_size=batch, metric=metric
-        )
-        rows.append(row)
-        print(f"\n## {name}\n{metric} over T: "
-              + ", ".join(f"T={T}: {100 * a:.1f}%" for T, a in curve.items()))  # fmt: skip
-        sops = activity.sops_at(args.timesteps)
-        print("SOPs per image over T: " + ", ".join(f"T={T}: {s:.4g}" for T, s in sops.items()))
-        T = row.sop90[0] if row.sop90 else max(args.timesteps)
-        print(f"\nper source at T={T}:\n" + layer_table(activity, T), flush=True)
-    for preset in PRESETS.values():
-        print(f"\n### constants '{preset.name}': {preset.joules_per_sop * 1e15:g} fJ per SOP, "
-              f"{preset.joules_per_mac * 1e12:g} pJ per MAC\n")  # fmt: skip
-        print(energy_table(dataclasses.replace(row, preset=preset) for row in rows))
-
-
-if __name__ == "__main__":
-    _main()
-

@@ -1,0 +1,193 @@
+"""The package's dependencies point one way: the layers of ``snnlite``'s docstring, checked.
+
+The import graph is read from the source with ``ast`` (not from ``sys.modules``), so an import
+hidden in a function to dodge a cycle is seen and refused, and every module is imported alone
+in a fresh interpreter, so none depends on another having been imported first.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import snnlite
+
+PACKAGE = Path(snnlite.__file__).resolve().parent
+# Imports of these are allowed inside functions: optional or heavy third-party packages that
+# only one function needs. Never a snnlite module.
+_LAZY_OK = re.compile(r"^(torchmetrics|nbclient|IPython|numba|numpy|yaml|matplotlib)\b")
+
+
+def _module_name(path: Path) -> str:
+    parts = ["snnlite", *path.relative_to(PACKAGE).with_suffix("").parts]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _layers() -> dict[str, int]:
+    """{name or prefix: layer} from the table in ``snnlite.__doc__``."""
+    block = snnlite.__doc__.split("Layers, bottom up", 1)[1].split("\n\n", 2)[1]
+    layers = {}
+    for line in block.strip().splitlines():
+        number, _title, names = re.match(r"\s*(\d+)\s+(\S+)\s+(.*)", line).groups()
+        for name in re.findall(r"[a-z_.]+", names.split("(")[0]):
+            layers[f"snnlite.{name}"] = int(number)
+    return layers
+
+
+LAYERS = _layers()
+
+
+def layer_of(module: str) -> int:
+    if module == "snnlite":
+        return max(LAYERS.values())  # the package's front door imports what it exports
+    best = max((key for key in LAYERS if module == key or module.startswith(key + ".")),
+               key=len, default=None)  # fmt: skip
+    assert best is not None, f"{module} is in no layer of snnlite's docstring: add it there"
+    return LAYERS[best]
+
+
+def _resolve(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The snnlite modules an import statement loads (``from pkg import sub`` counts sub)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        package = module if MODULES[module].name == "__init__.py" else module.rsplit(".", 1)[0]
+        for _ in range(node.level - 1):
+            package = package.rsplit(".", 1)[0]
+        base = f"{package}.{base}" if base else package
+    submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+    if len(submodules) == len(node.names):  # ``from snnlite import kernels``: the module only
+        return submodules
+    return [base, *submodules]
+
+
+def import_graph() -> tuple[dict[str, set[str]], list[str]]:
+    """({module: snnlite modules it imports at module level}, [imports hidden in functions])."""
+    graph: dict[str, set[str]] = {}
+    hidden = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        graph[module] = set()
+        top = set(map(id, _module_level_imports(tree)))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            targets = [t for t in _resolve(module, node) if t.split(".")[0] == "snnlite"]
+            if id(node) in top:
+                graph[module].update(t for t in targets if t in MODULES and t != module)
+            elif targets:
+                hidden.append(f"{module}:{node.lineno} imports {targets[0]} inside a function")
+            elif not all(_LAZY_OK.match(n) for n in _external_names(node)):
+                hidden.append(f"{module}:{node.lineno} imports {_external_names(node)} lazily")
+    return graph, hidden
+
+
+def _module_level_imports(tree: ast.Module) -> list[ast.stmt]:
+    """Imports run when the module is imported (also under ``if``/``try`` at module level)."""
+    found, stack = [], list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, ast.If | ast.Try):
+            stack.extend(node.body + node.orelse + getattr(node, "finalbody", []))
+            for handler in getattr(node, "handlers", []):
+                stack.extend(handler.body)
+    return found
+
+
+def _external_names(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""]
+    return [alias.name for alias in node.names]
+
+
+def test_every_module_has_a_layer() -> None:
+    for module in MODULES:
+        layer_of(module)
+
+
+def test_no_import_is_hidden_in_a_function() -> None:
+    _, hidden = import_graph()
+    assert hidden == []
+
+
+def test_imports_point_down_the_layers() -> None:
+    graph, _ = import_graph()
+    upward = [f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+              for m, targets in graph.items() for t in sorted(targets)
+              if layer_of(t) > layer_of(m) and not m.startswith(t + ".")]  # fmt: skip
+    assert upward == []
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph, _ = import_graph()
+    # A package's __init__ importing its own submodules is how packages work, not a cycle.
+    edges = {m: {t for t in ts if not t.startswith(m + ".") and not m.startswith(t + ".")}
+             for m, ts in graph.items()}  # fmt: skip
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges[module]):
+            if state.get(target) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path, module, target]))
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [])
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if not m.endswith("__main__")])
+def test_each_module_imports_alone(module: str) -> None:
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                            text=True, cwd=PACKAGE.parent, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_import_snnlite_works_without_matplotlib() -> None:
+    """matplotlib is needed by ``snnlite.plots`` alone (the book's figures), not the package."""
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # any import of it raises ImportError\n"
+        "import snnlite, snnlite.energy, snnlite.metrics, snnlite.theory, snnlite.detection\n"
+        "import snnlite.data, snnlite.zoo, snnlite.notebook\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=PACKAGE.parent, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_command_lines_live_only_in_the_scripts_layer() -> None:
+    """argparse appears in the zoo's scripts and the energy CLI alone (one energy CLI)."""
+    with_cli = sorted(
+        module
+        for module, path in MODULES.items()
+        if re.search(r"^import argparse", path.read_text(), re.MULTILINE)
+    )
+    assert all(m.startswith("snnlite.zoo.") or m == "snnlite.energy.__main__" for m in with_cli)
+    assert "snnlite.energy.__main__" in with_cli
+
+
+def test_the_energy_cli_explains_every_flag() -> None:
+    from snnlite.energy.__main__ import parser
+
+    cli = parser()
+    flags = [a for a in cli._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in flags} >= {"models", "images", "timesteps", "photo_size", "stored"}
+    assert all(a.help and len(a.help) > 20 for a in flags)
