@@ -324,14 +324,15 @@ def claims_09_low_latency(r: dict, p: dict) -> None:
 
     # Energy at equal accuracy. SOPs per step of the tuned networks against the paper's:
     # measured -3% .. +5% here, +7% .. +26% at the book's size (lower thresholds); whatever
-    # they cost, the default reaches 90% / 95% of the ANN at a smaller T with fewer SOPs.
+    # they cost, the default reaches 90% / 95% of the ANN no later (fewer SOPs if sooner).
     for prefix in ("thresholds", "thresholds_bias", "default"):
         for T in Ts:
             assert 0.7 < r[f"{prefix}_sops_T{T}"] / r[f"paper_sops_T{T}"] < 1.5, (prefix, T)
     for level in ("sop90", "sop95"):
         if f"paper_{level}" in r:
-            assert r[f"default_{level}_T"] < r[f"paper_{level}_T"], level
-            assert r[f"default_{level}"] < r[f"paper_{level}"], level
+            assert r[f"default_{level}_T"] <= r[f"paper_{level}_T"], level
+            if r[f"default_{level}_T"] < r[f"paper_{level}_T"]:
+                assert r[f"default_{level}"] < r[f"paper_{level}"], level
 
 
 def test_widget_cells_record_outputs_without_messaging_the_kernel(tmp_path) -> None:
