@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from snnlite.graph import activation_sites
 from snnlite.network import SpikingNetwork, readout_start
-from snnlite.neurons import broadcast_threshold, rate
+from snnlite.neurons import broadcast_threshold
 
 __all__ = [
     "LATENCY_PARTS",
@@ -53,6 +53,7 @@ __all__ = [
     "check_target",
     "choose_delay",
     "choose_delays",
+    "correction_groups",
     "correction_samples",
     "delay_grid",
     "correct_bias",
@@ -71,6 +72,8 @@ BIAS_ROUNDS = 2  # Newton steps per site of the bias correction
 DELAY_SAMPLES = 128  # calibration images the delay schedule is chosen on (the first ones)
 CORRECTION_STEPS = 4096  # images x T simulated per site and round by the corrections
 MIN_CORRECTION_SAMPLES = 64
+CORRECTION_GROUPS = 8  # simulations per round of the corrections, at most (see correct_bias)
+RATE_BYTES = 2**30  # site rates held at once by the corrections (images go in slices)
 MIN_SLOPE = 0.1  # the smallest slope d(mean rate)/d(bias) a Newton step assumes
 BLOCK_ELEMENTS = 2**23  # values evaluated at once by the objective (memory bound)
 REFINE_STEPS = 24  # golden-section steps: the bracket shrinks to 0.618**24 ~ 1e-5 of its width
@@ -113,6 +116,51 @@ def check_target(timesteps: object) -> int:
 # --- 1. T-aware thresholds -------------------------------------------------------------------
 
 
+class _StairObjective:
+    """``sum_i (psi_T(z_i; theta) - a(z_i))^2`` per row of ``z`` for any candidate thresholds,
+    from the sorted row and prefix sums, in O(T log n) per candidate instead of O(n).
+
+    ``psi_T`` is a staircase: ``z`` lands on stair k (output ``k theta / T``) when
+    ``(k - 1/2) theta / T <= z < (k + 1/2) theta / T`` (stair T takes everything above). With
+    the row sorted, each stair is a run of consecutive values found by binary search, and
+    for a run with count n_k and sums S_k of ``a`` the error is
+    ``sum a^2 - 2 sum_k v_k S_k + sum_k v_k^2 n_k`` (``v_k = k theta / T``); ``a`` is monotone
+    in ``z``, so its prefix sums follow the same order. Sums in float64.
+    """
+
+    def __init__(self, z: Tensor, timesteps: int, cap: float = math.inf) -> None:
+        self.timesteps = timesteps
+        self.sorted = z.sort(dim=1).values.contiguous()  # (C, n)
+        target = self.sorted.clamp(min=0, max=cap).double()  # a(z), ascending too
+        zero = torch.zeros(z.shape[0], 1, dtype=torch.float64, device=z.device)
+        self.sum_a = torch.cat([zero, target.cumsum(dim=1)], dim=1)  # (C, n + 1)
+        self.total_square = target.square().sum(dim=1)  # (C,)
+
+    def __call__(self, thresholds: Tensor) -> Tensor:
+        """(C, G) candidate thresholds -> (C, G) float64 sums of squared errors."""
+        rows, n = self.sorted.shape
+        T = self.timesteps
+        stairs = torch.arange(1, T + 1, dtype=torch.float64, device=thresholds.device)
+        per_block = max(1, BLOCK_ELEMENTS // max(1, rows * T))
+        errors = []
+        for block in thresholds.split(per_block, dim=1):  # (C, g)
+            theta = block.double().clamp(min=0)[:, :, None]  # (C, g, 1)
+            bounds = ((stairs - 0.5) * theta / T).to(self.sorted.dtype)  # (C, g, T)
+            starts = torch.searchsorted(self.sorted, bounds.reshape(rows, -1))  # first z >= b
+            starts = starts.view(rows, block.shape[1], T)  # where stairs 1..T begin
+            ends = torch.cat([starts[:, :, 1:], torch.full_like(starts[:, :, :1], n)], dim=2)
+            count = (ends - starts).double()
+            total = self.sum_a.gather(1, ends.view(rows, -1))
+            total = total - self.sum_a.gather(1, starts.view(rows, -1))  # S_k: (C, g * T)
+            value = stairs * theta / T  # (C, g, T): the output on each stair
+            cross = (value * total.view_as(value)).sum(dim=2)
+            square = (value.square() * count).sum(dim=2)
+            error = self.total_square[:, None] - 2 * cross + square
+            silent = block <= 0  # theta = 0: the neuron never fires
+            errors.append(torch.where(silent, self.total_square[:, None], error.clamp(min=0)))
+        return torch.cat(errors, dim=1)
+
+
 def quantisation_objective(
     z: Tensor, thresholds: Tensor, timesteps: int, cap: float = math.inf
 ) -> Tensor:
@@ -120,15 +168,10 @@ def quantisation_objective(
 
     ``z``: (C, n) activations, one row per threshold; ``thresholds``: (C, G) candidates.
     Returns (C, G), float64. Sums, not means: rows share n, so the argmin is the same.
-    Candidates are evaluated in blocks of at most ``BLOCK_ELEMENTS`` values at once.
+    Computed stair by stair on the sorted row (:class:`_StairObjective`); equal to the
+    direct sum over ``psi_T`` (:func:`snnlite.neurons.rate`) up to rounding (tested).
     """
-    target = z.clamp(min=0, max=cap)[:, None, :]  # the original activation a(z): (C, 1, n)
-    per_block = max(1, BLOCK_ELEMENTS // max(1, z.numel()))
-    errors = []
-    for block in thresholds.split(per_block, dim=1):  # (C, g)
-        difference = rate(z[:, None, :], block[:, :, None], timesteps) - target  # (C, g, n)
-        errors.append(difference.square().sum(dim=2, dtype=torch.float64))
-    return torch.cat(errors, dim=1)
+    return _StairObjective(z, timesteps, cap)(thresholds)
 
 
 def t_aware_threshold(
@@ -151,14 +194,12 @@ def t_aware_threshold(
     top = z.amax(dim=1).clamp(min=0, max=cap)  # (C,)
     fractions = torch.arange(1, grid + 1, dtype=z.dtype, device=z.device) / grid
     candidates = top[:, None] * fractions  # (C, G)
-    errors = quantisation_objective(z, candidates, timesteps, cap)
+    objective = _StairObjective(z, timesteps, cap)  # sorted once, any candidates after
+    errors = objective(candidates)
     best = errors.topk(min(basins, grid), dim=1, largest=False).indices  # (C, k)
     low = top[:, None] * (best.to(z.dtype) / grid)  # the grid point below (0 below the first)
     high = top[:, None] * ((best + 2).clamp(max=grid).to(z.dtype) / grid)
     golden = (math.sqrt(5) - 1) / 2
-
-    def objective(theta: Tensor) -> Tensor:  # (C, k) -> (C, k)
-        return quantisation_objective(z, theta, timesteps, cap)
 
     inner_low, inner_high = high - golden * (high - low), low + golden * (high - low)
     f_low, f_high = objective(inner_low), objective(inner_high)
@@ -299,6 +340,58 @@ def site_errors(
     }  # fmt: skip
 
 
+def _site_shapes(ann: fx.GraphModule, sample: Tensor) -> dict[str, tuple[int, ...]]:
+    """Each site's output shape for one sample (one clipped-ANN pass)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    sites = activation_sites(ann)
+
+    def record(name: str) -> Callable:
+        def hook(_module: nn.Module, _args: tuple, out: Tensor) -> None:
+            shapes[name] = tuple(out.shape[1:])
+
+        return hook
+
+    handles = [site.register_forward_hook(record(name)) for name, site in sites.items()]
+    try:
+        with torch.no_grad():
+            ann(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _mean_rates(
+    snn: SpikingNetwork, inputs: Tensor, timesteps: int, start: int, group: Sequence[str]
+) -> dict[str, Tensor]:
+    """``{site: E[rate]}`` per threshold entry (float64) for the sites of ``group``, from one
+    simulation up to the group's last site; the images go in slices whose rates fit in
+    ``RATE_BYTES`` (the rates of every site of a 224 px network are ~20 MB per image)."""
+    sites = activation_sites(snn.ann)
+    shapes = _site_shapes(snn.ann, inputs[:1])
+    per_sample = 4 * sum(math.prod(shapes[name]) for name in group)
+    step = max(1, RATE_BYTES // max(1, per_sample))
+    means: dict[str, list[Tensor]] = {name: [] for name in group}
+    parts = torch.split(inputs, step)
+    for part in parts:
+        rates = snn.site_rates(part, timesteps, start, sites=group)
+        for name in group:
+            dims = _reduce_dims(rates[name], sites[name].threshold.dim() == 1)
+            means[name].append(rates[name].mean(dim=dims, dtype=torch.float64))
+    if len(parts) == 1:
+        return {name: values[0] for name, values in means.items()}
+    weights = [len(part) / len(inputs) for part in parts]
+    return {name: sum(w * m for w, m in zip(weights, values)) for name, values in means.items()}
+
+
+def correction_groups(names: Sequence[str], groups: int = CORRECTION_GROUPS) -> list[list[str]]:
+    """``names`` (sites in execution order) cut into at most ``groups`` consecutive runs of
+    near-equal length; with ``groups >= len(names)`` every site is its own group."""
+    count = max(1, min(groups, len(names)))
+    bounds = [round(k * len(names) / count) for k in range(count + 1)]
+    return [list(names[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
 def correct_bias(
     snn: SpikingNetwork,
     inputs: Tensor,
@@ -307,9 +400,10 @@ def correct_bias(
     *,
     rounds: int = BIAS_ROUNDS,
     into: str = "bias",
+    groups: int = CORRECTION_GROUPS,
     progress: bool = True,
 ) -> dict[str, Tensor]:
-    """Zero each site's mean error at T on ``inputs``, site by site in execution order.
+    """Zero each site's mean error at T on ``inputs``, in execution order.
 
     For site l, ``mu_l = E[rate_l - a_l]`` per channel: the SNN's rate over the readout
     window ``start < t <= T`` (with the corrections already made above l) against the clipped
@@ -317,26 +411,36 @@ def correct_bias(
     input every step moves the mean rate only where the neuron is neither silent nor
     saturated, so each round takes a Newton step ``b_l -= mu_l / s_l`` with ``s_l`` the
     fraction of the channel's clipped-ANN activations strictly inside ``(0, theta)``
-    (at least ``MIN_SLOPE``). Returns the errors measured before correction ``{site: mu}``.
+    (at least ``MIN_SLOPE``).
+
+    Site by site, each correction needs its own simulation up to that site: a cost that
+    grows with the square of the depth (35 sites in MobileNetV2). So the sites are cut into
+    at most ``groups`` consecutive groups (:func:`correction_groups`); the sites of a group
+    are measured in one simulation and corrected together, each group after the groups
+    above it. A site's error then includes what the uncorrected sites of its own group above
+    it pass down, which the next round sees corrected. With no more sites than groups (the
+    zoo's classifiers) it is the exact site-by-site correction.
+
+    Returns the errors measured before correction ``{site: mu}``.
     """
     sites = activation_sites(snn.ann)
     targets, slopes = _site_statistics(snn.ann, [inputs])
     errors: dict[str, Tensor] = {}
-    for name, site in tqdm(sites.items(), desc="bias correction", unit="site",
-                           disable=not progress, leave=False):  # fmt: skip
-        channelwise = site.threshold.dim() == 1
+    for group in tqdm(correction_groups(list(sites), groups), desc="mean-error correction",
+                      unit="group", disable=not progress, leave=False):  # fmt: skip
         for round_ in range(rounds):
-            rates = snn.site_rates(inputs, timesteps, start, sites=[name])[name]
-            mean = rates.mean(dim=_reduce_dims(rates, channelwise), dtype=torch.float64)
-            mu = mean - targets[name]
-            if round_ == 0:
-                errors[name] = mu.float()
-            step = -(mu / slopes[name].clamp(min=MIN_SLOPE)).to(site.threshold.dtype)
-            if into == "bias":
-                site.bias = step if site.bias is None else site.bias + step
-            else:  # a charge at t = 0 moves the window's mean rate by charge / (T - start)
-                step = step * (timesteps - start)
-                site.charge = step if site.charge is None else site.charge + step
+            means = _mean_rates(snn, inputs, timesteps, start, group)
+            for name in group:
+                site = sites[name]
+                mu = means[name] - targets[name]
+                if round_ == 0:
+                    errors[name] = mu.float()
+                step = -(mu / slopes[name].clamp(min=MIN_SLOPE)).to(site.threshold.dtype)
+                if into == "bias":
+                    site.bias = step if site.bias is None else site.bias + step
+                else:  # a charge at t = 0 moves the window's mean rate by charge / (T - start)
+                    step = step * (timesteps - start)
+                    site.charge = step if site.charge is None else site.charge + step
     return errors
 
 

@@ -1,6 +1,7 @@
 """Measure a scene model's SNN metric over time steps and store it with its zoo entry.
 
-    python -m snnlite.zoo.dense_curves --model scenes_fcn --images 500
+    python -m snnlite.zoo.dense_curves --model scenes_fcn --images 100
+    python -m snnlite.zoo.dense_curves --model scenes_fcn --images 100 --target-timesteps 16
 
 Segmentation models (FCN, DeepLabV3) convert whole; detectors (RetinaNet, FCOS) convert
 their network part only and keep torchvision's pipeline (:mod:`snnlite.detection`). Both are
@@ -8,6 +9,9 @@ calibrated with local threshold balancing (channel thresholds, the default 600 u
 training scenes, then evaluated on the first ``--images`` test scenes of the zoo's test split
 at T = 16 ... 512, with the readout delay ``"auto"`` and ``"half"`` read from the same
 simulation (one per batch). The ANN metric (original and clipped) is measured on the same scenes.
+With ``--target-timesteps T`` the network is tuned for T after calibration
+(:mod:`snnlite.latency`, the default parts) and the result is stored under ``"t<T>"`` in
+``<model>_latency.json`` beside the paper pipeline's ``<model>.json``.
 The same simulations count the SNN's synaptic operations (``record_spikes``); the stored
 result also holds the ANN's MACs, so that energy tables of the scene models
 (:mod:`snnlite.energy`) come from the stored numbers::
@@ -47,8 +51,10 @@ def measure(
     timesteps: tuple[int, ...] = TIMESTEPS,
     batch_size: int = 50,
     progress: bool = True,
+    target_timesteps: int | None = None,
 ) -> dict:
-    """ANN metric and SNN curves (delay auto and half) of zoo model ``name``, as a dict."""
+    """ANN metric and SNN curves (delay auto and half) of zoo model ``name``, as a dict;
+    with ``target_timesteps``, of the network tuned for that T (:mod:`snnlite.latency`)."""
     entry = info(name)
     model = load(name)
     test_args = {**entry["extra"]["test_scenes"], "num_scenes": images}
@@ -63,8 +69,11 @@ def measure(
         f"batches of {calibration_batch}",
         "timesteps": list(timesteps),
     }
+    tuning = {"target_timesteps": target_timesteps}
+    if target_timesteps is not None:
+        result["target_timesteps"] = target_timesteps
     if entry["task"] == "segmentation":
-        snn = snnlite.convert(model, calibration, progress=progress)
+        snn = snnlite.convert(model, calibration, progress=progress, **tuning)
         x, masks = test["images"], test["semantic"].long()
         result["ann_miou"] = metrics.ann_miou(model, x, masks, NUM_CLASSES, batch_size)
         result["relux_miou"] = metrics.ann_miou(snn.relux(), x, masks, NUM_CLASSES, batch_size)
@@ -75,7 +84,7 @@ def measure(
         network, ann_network, example = snn, model, x[:1]
     else:
         options = {"group_norm": "freeze"} if name == "scenes_fcos" else {}
-        detector = convert_detector(model, calibration, progress=progress, **options)
+        detector = convert_detector(model, calibration, progress=progress, **options, **tuning)
         x, targets = list(test["images"]), test["targets"]
         result["ann_map"] = metrics.ann_map(model, x, targets, batch_size)
         relux = [d for i in range(0, len(x), batch_size)
@@ -98,6 +107,8 @@ def measure(
     sops = network.last_activity.sops_at(timesteps)
     result["snn_sops"] = {str(T): v for T, v in sops.items()}
     result["delay_estimate"] = network.delay_estimate
+    if network.delay_schedule:
+        result["delay_schedule"] = {str(T): d for T, d in network.delay_schedule.items()}
     result["cpu_minutes"] = round((time.process_time() - started) / 60, 1)
     return result
 
@@ -144,16 +155,29 @@ def main() -> None:
     parser.add_argument("--calibration-scenes", type=int, default=320)
     parser.add_argument("--calibration-batch", type=int, default=16)
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
+    parser.add_argument(
+        "--target-timesteps",
+        type=int,
+        default=None,
+        help="tune for this T; stored in <model>_latency.json under 't<T>'",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
-                     tuple(args.timesteps))  # fmt: skip
+                     tuple(args.timesteps), target_timesteps=args.target_timesteps)  # fmt: skip
     text = json.dumps(result, indent=1)
     print(text)
-    if not args.no_save:
+    if args.no_save:
+        return
+    if args.target_timesteps is None:
         (RESULTS_DIR / f"{args.model}.json").write_text(text + "\n")
+        return
+    path = RESULTS_DIR / f"{args.model}_latency.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    stored[f"t{args.target_timesteps}"] = result
+    path.write_text(json.dumps(stored, indent=1) + "\n")
 
 
 if __name__ == "__main__":
