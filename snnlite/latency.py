@@ -474,14 +474,24 @@ def choose_delays(snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int])
     steps = sorted(set(timesteps))
     candidates = {T: sorted({readout_start(T, d) for d in range(T)}) for T in steps}
     every = sorted({d for ds in candidates.values() for d in ds})
+    pairs = [(T, d) for T in steps for d in candidates[T]]
     with torch.no_grad():
-        reference = snn.ann(inputs)
-    readouts = snn.simulate(inputs, steps, delay=every, progress=False)
-    chosen = {}
-    for T in steps:
-        errors = {d: _output_error(readouts[(T, d)], reference) for d in candidates[T]}
-        chosen[T] = min(candidates[T], key=lambda d: (errors[d], d))
-    return chosen
+        out_bytes = 4 * sum(v.numel() for v in tree_flatten(snn.ann(inputs[:1]))[0])
+    # Every readout of a slice is held at once: slice the images so that they fit in
+    # RATE_BYTES (a segmentation output at 96 px is 0.8 MB per image and readout).
+    parts = torch.split(inputs, max(1, RATE_BYTES // max(1, out_bytes * len(pairs))))
+    errors = dict.fromkeys(pairs, 0.0)
+    for part in parts:
+        with torch.no_grad():
+            reference = snn.ann(part)
+        readouts = snn.simulate(part, steps, delay=every, progress=False)
+        for pair in pairs:  # a mean over the slice, weighted by its share of the images
+            errors[pair] += _output_error(readouts[pair], reference) * len(part) / len(inputs)
+    if len(parts) == 1:  # no reweighting: the same numbers as one mean over all images
+        errors = {pair: _output_error(readouts[pair], reference) for pair in pairs}
+    return {
+        T: min(candidates[T], key=lambda d, T=T: (errors[(T, d)], d)) for T in steps
+    }  # fmt: skip
 
 
 def correction_samples(timesteps: int) -> int:

@@ -277,3 +277,15 @@ def test_choose_delays_from_one_run_equals_one_choice_per_t(images: torch.Tensor
     for T in grid:
         fixed = snn.simulate(images[:16], [T], delay=schedule[T], progress=False)[T]
         assert torch.equal(auto[T], fixed)
+
+
+def test_choose_delays_in_slices_equals_one_pass(
+    images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the readouts of one image at a time (what a large output, a segmentation map,
+    needs to fit in memory) the schedule is the same as from all images at once."""
+    snn = snnlite.convert(_small_cnn(), list(images.split(32)), iterations=30, progress=False)
+    grid = delay_grid(8)
+    whole = choose_delays(snn, images[:40], grid)
+    monkeypatch.setattr(latency, "RATE_BYTES", 1)
+    assert choose_delays(snn, images[:40], grid) == whole
