@@ -95,8 +95,8 @@ def _require_nir() -> None:
         raise ImportError("the NIR export needs the nir package: pip install 'snnlite[nir]'")
 
 
-def _numpy(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().to(torch.float32).numpy()
+def _numpy(t: Tensor, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    return t.detach().cpu().to(dtype).numpy()
 
 
 class _Exporter:
@@ -117,6 +117,11 @@ class _Exporter:
         self.sources: dict[fx.Node, list[str]] = {}
         self.scale: dict[fx.Node, Tensor] = {}
         self.wanted = self._wanted_scales()
+        # The arrays keep the network's precision (float64 stays float64), else float32.
+        self.dtype = torch.float64 if example.dtype == torch.float64 else torch.float32
+
+    def _array(self, t: Tensor) -> np.ndarray:
+        return _numpy(t, self.dtype)
 
     # --- scales ---------------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class _Exporter:
         ratio = torch.where(t > 0, h / torch.where(t > 0, t, torch.ones_like(t)), 0.0)
         factor = ratio.view(-1, *([1] * (len(shape) - 1))).expand(shape) if shape else ratio
         name = self._name(f"{node.name}_to_{tag}")
-        self.nodes[name] = nir.Scale(scale=_numpy(factor.reshape(shape)))
+        self.nodes[name] = nir.Scale(scale=self._array(factor.reshape(shape)))
         self.edges += [(source, name) for source in self.sources[node]]
         return [name]
 
@@ -266,9 +271,9 @@ class _Exporter:
                                  for t in (theta, charge))  # fmt: skip
             start = start + torch.where(theta_b > 0, charge_b / torch.where(
                 theta_b > 0, theta_b, torch.ones_like(theta_b)), 0.0)  # fmt: skip
-        ones = np.ones(shape, dtype=np.float32)
+        ones = np.ones(shape, dtype=self._array(theta).dtype)
         neuron = nir.IF(r=ones, v_threshold=ones.copy(), v_reset=np.zeros_like(ones),
-                        metadata={"reset": "subtract", "v_init": _numpy(start),
+                        metadata={"reset": "subtract", "v_init": self._array(start),
                                   "site": site_name(node)})  # fmt: skip
         self._emit(node, neuron, inputs, theta)
 
@@ -293,15 +298,21 @@ class _Exporter:
         bias = bias * outward
         inputs = self.sources[arg]
         if isinstance(module, nn.Linear):
-            layer = nir.Affine(weight=_numpy(folded), bias=_numpy(bias))
+            layer = nir.Affine(weight=self._array(folded), bias=self._array(bias))
         else:
             if module.padding_mode != "zeros" or isinstance(module.padding, str):
                 raise ExportError(f"{describe(node)}: only explicit zero padding maps to NIR")
             conv = nir.Conv2d if isinstance(module, nn.Conv2d) else nir.Conv1d
             spatial = self._shape(arg)[1:]
-            layer = conv(input_shape=spatial if len(spatial) > 1 else spatial[0],
-                         weight=_numpy(folded), stride=module.stride, padding=module.padding,
-                         dilation=module.dilation, groups=groups, bias=_numpy(bias))  # fmt: skip
+            layer = conv(
+                input_shape=spatial if len(spatial) > 1 else spatial[0],
+                weight=self._array(folded),
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=groups,
+                bias=self._array(bias),
+            )
         self._emit(node, layer, inputs, want)
 
     def _average_pool(self, node: fx.Node, module: nn.Module) -> None:
