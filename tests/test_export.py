@@ -91,7 +91,7 @@ def test_snntorch_reads_the_same_network(build, data) -> None:
     assert sorted(sites.values()) == sorted(snn.thresholds)
     for name, site in sites.items():  # equal up to float32 rounding at the threshold
         theirs, ours = sum(counts[name]), int(spikes[site].sum())
-        assert ours > 0 and abs(theirs - ours) <= 1e-5 * ours, (site, theirs, ours)
+        assert ours > 0 and abs(theirs - ours) <= 5e-5 * ours, (site, theirs, ours)
     start = snn.skipped_steps(T, "auto")
     predictions = outputs[start:].mean(0).argmax(1)
     assert torch.equal(predictions, reference.argmax(1))  # so the accuracy is the same

@@ -235,7 +235,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _fail(command: str, error: BaseException) -> int:
-    message = " ".join(str(error.args[0] if error.args else error).split())
+    # KeyError's str() quotes its message; every other error's str() is its message.
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    message = " ".join(str(text).split())
     print(f"{PROG} {command}: error: {message}", file=sys.stderr)
     return 1
 
