@@ -17,10 +17,11 @@ below it, never from above, and never inside a function to dodge that rule
     3 synapses     synapses
     4 simulation   network
     5 analysis     latency, metrics, theory
-    6 conversion   convert, detection
+    6 conversion   convert, detection, export
     7 energy       energy
     8 book         notebook, plots
     9 scripts      zoo, energy.__main__
+   10 cli          cli, __main__
 
 * foundations: the numba kernels and frozen GroupNorm; ``data``, the offline data sets, needs
   nothing else of the package; ``checks``, the validation of what users pass in;
@@ -32,11 +33,14 @@ below it, never from above, and never inside a function to dodge that rule
   units return;
 * analysis: evaluators and time-step curves (one loop for every metric), Theorem 1's terms,
   the low-latency corrections;
-* conversion: :func:`convert` and the detectors' wrapper;
+* conversion: :func:`convert`, the detectors' wrapper, and the export of a converted network
+  to NIR (``export``; the ``nir`` extra);
 * energy: constants, MACs, energy rows and tables (no command line);
 * book: helpers of the chapters (``plots`` alone needs matplotlib);
 * scripts: the model zoo, its training and measuring scripts, and the energy command line
-  (``python -m snnlite.energy``), the package's only command lines.
+  (``python -m snnlite.energy``);
+* cli: the ``snnlite`` command line (``python -m snnlite``): convert, export, energy; it
+  only parses, loads data and writes reports, every number comes from the layers below.
 """
 
 from snnlite.convert import calibrate, convert

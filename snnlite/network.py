@@ -389,6 +389,11 @@ class SpikingNetwork(nn.Module):
             raise ValueError("delay='auto' needs a delay estimate: call estimate_delay()")
         return self.delay_estimate
 
+    def skipped_steps(self, timesteps: int, delay: Delay | float = "auto") -> int:
+        """Leading steps a run of ``timesteps`` skips before its readout window, for ``delay``
+        (``"auto"``, ``"half"`` or a number): the ``d`` of the window ``d < t <= T``."""
+        return readout_start(timesteps, self._delay_steps(timesteps, check_delay(delay)))
+
     def _delay_steps(self, T: int, delay: Delay | float) -> float:
         if delay == "auto":
             return self.auto_delay(T)

@@ -15,7 +15,14 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["accuracy_over_time", "if_trace", "markdown_table", "new_figure", "setup"]
+__all__ = [
+    "accuracy_over_time",
+    "firing_rates",
+    "if_trace",
+    "markdown_table",
+    "new_figure",
+    "setup",
+]
 
 
 def setup() -> None:
@@ -69,6 +76,16 @@ def accuracy_over_time(
     ax.set_xscale("log", base=2)
     ax.set(xlabel="time steps T", ylabel="accuracy (%)" if percent else "accuracy")
     ax.legend()
+
+
+def firing_rates(ax: Axes, rates: Mapping[str, float], timesteps: int) -> None:
+    """Firing rate per spike source (events per neuron and step over ``timesteps`` steps),
+    one horizontal bar per layer, the first layer at the top."""
+    names = list(rates)
+    ax.barh(range(len(names)), [rates[n] for n in names], color="C0")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"firing rate (spikes per neuron per step, T={timesteps})")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3):

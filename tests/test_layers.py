@@ -173,15 +173,18 @@ def test_import_snnlite_works_without_matplotlib() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_command_lines_live_only_in_the_scripts_layer() -> None:
-    """argparse appears in the zoo's scripts and the energy CLI alone (one energy CLI)."""
+def test_command_lines_live_only_in_the_scripts_and_cli_layers() -> None:
+    """argparse appears in the zoo's scripts, the energy CLI and the ``snnlite`` command line
+    alone (one energy CLI: ``snnlite energy`` runs ``python -m snnlite.energy``'s)."""
     with_cli = sorted(
         module
         for module, path in MODULES.items()
         if re.search(r"^import argparse", path.read_text(), re.MULTILINE)
     )
-    assert all(m.startswith("snnlite.zoo.") or m == "snnlite.energy.__main__" for m in with_cli)
-    assert "snnlite.energy.__main__" in with_cli
+    allowed = ("snnlite.zoo.", "snnlite.cli")
+    assert all(m.startswith(allowed) or m == "snnlite.energy.__main__" for m in with_cli)
+    assert {"snnlite.energy.__main__", "snnlite.cli"} <= set(with_cli)
+    assert layer_of("snnlite.cli") == max(LAYERS.values()) == layer_of("snnlite.__main__")
 
 
 def test_the_energy_cli_explains_every_flag() -> None:

@@ -31,10 +31,10 @@ from snnlite.zoo.dense_curves import energy_tables
 TIMESTEPS = [4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line, every flag explained (``--help``)."""
+def parser(prog: str = "python -m snnlite.energy") -> argparse.ArgumentParser:
+    """The command line, every flag explained (``--help``); also ``snnlite energy``."""
     cli = argparse.ArgumentParser(
-        prog="python -m snnlite.energy",
+        prog=prog,
         description=__doc__.split("\n\n")[0],
         epilog="Examples:\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,8 +98,8 @@ def measure(args: argparse.Namespace) -> list[EnergyRow]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m snnlite.energy") -> None:
+    args = parser(prog).parse_args(argv)
     if args.stored:
         print(energy_tables())
         return

@@ -1,0 +1,157 @@
+"""The ``snnlite`` command line: a zoo model end to end, ``--help``, and bad input.
+
+The end-to-end run is small (200 calibration images in 4 batches, 200 test images, T = 8
+and 16) and its numbers are checked against the library's own functions on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch.utils.data import DataLoader, TensorDataset
+
+import snnlite
+from snnlite import zoo
+from snnlite.cli import main, parser
+from snnlite.cli.report import staging
+from snnlite.data import fashion_mnist_tensors
+from snnlite.metrics import accuracy_curve, ann_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--calibration-images", "200", "--calibration-batches", "4", "--images", "200",
+         "--timesteps", "8,16", "--no-progress"]  # fmt: skip
+
+
+def test_the_console_script_is_this_main() -> None:
+    text = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+)
+    section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    assert re.findall(r'^(\w+) = "([\w.:]+)"', section, flags=re.M) == [
+        ("snnlite", "snnlite.cli:main")
+    ]
+
+
+def test_every_flag_is_explained() -> None:
+    cli = parser()
+    commands = next(a for a in cli._actions if a.dest == "command").choices
+    assert set(commands) == {"convert", "export", "energy"}
+    for name in ("convert", "export"):
+        flags = [a for a in commands[name]._actions if a.option_strings and a.dest != "help"]
+        assert {"model", "weights", "data", "calibration", "method", "granularity",
+                "target_timesteps"} <= {a.dest for a in flags}  # fmt: skip
+        assert all(a.help and len(a.help) > 20 for a in flags), name
+
+
+def test_help_runs_as_a_module() -> None:
+    result = subprocess.run([sys.executable, "-m", "snnlite", "convert", "--help"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for flag in ("--model", "--data", "--timesteps", "--target-timesteps", "--out"):
+        assert flag in result.stdout
+
+
+def test_energy_is_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["energy", "--help"])
+    assert exit_.value.code == 0
+    assert "snnlite energy" in capsys.readouterr().out
+
+
+def test_a_zoo_model_end_to_end_equals_the_api(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main(["convert", "--model", "zoo:fmnist_resnet", "--data", "fashion-mnist",
+                 "--out", str(out), "--calibration-batch-size", "50", *SMALL]) == 0  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy.png", "firing_rates.png", "results.json", "summary.md"]  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging folder left
+    values = json.loads((out / "results.json").read_text())
+
+    # The same conversion and evaluation through the library.
+    train, train_labels = fashion_mnist_tensors("train")
+    test, labels = fashion_mnist_tensors("test")
+    test, labels = test[:200], labels[:200]
+    model = zoo.load("fmnist_resnet")
+    calibration = DataLoader(TensorDataset(train[:200], train_labels[:200]), batch_size=50)
+    snn = snnlite.convert(model, calibration, iterations=4, progress=False)
+    curves = accuracy_curve(snn, test, labels, [8, 16], delay=["auto", "half", 0],
+                            progress=False, record_spikes=True)  # fmt: skip
+    assert values["images"] == 200
+    assert values["ann_accuracy"] == ann_accuracy(model, test, labels)
+    assert values["clipped_ann_accuracy"] == ann_accuracy(snn.relux(), test, labels)
+    for T in (8, 16):
+        assert values[f"snn_accuracy_T{T}"] == curves["auto"][T]
+        assert values[f"snn_accuracy_T{T}_half"] == curves["half"][T]
+        assert values[f"snn_accuracy_T{T}_d0"] == curves[0][T]
+        assert values[f"delay_T{T}"] == snn.skipped_steps(T, "auto")
+        assert values[f"snn_sops_T{T}"] == pytest.approx(snn.last_activity.sops_at([T])[T])
+    for name, theta in snn.thresholds.items():
+        assert values[f"threshold_{name}_max"] == pytest.approx(float(theta.max()))
+    assert "| 16 |" in (out / "summary.md").read_text()
+
+
+def _model_file(tmp_path: Path) -> str:
+    source = "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(2704, 10)).eval()\n"  # noqa: E501
+    (tmp_path / "gelu_model.py").write_text(source)
+    return f"{tmp_path / 'gelu_model.py'}:build"
+
+
+BAD = {
+    "missing path": (["--model", "zoo:fmnist_vgg", "--data", "imagefolder:/no/such/folder"],
+                     "no such folder"),
+    "unknown model": (["--model", "zoo:no_such_model", "--data", "fashion-mnist"],
+                      "unknown zoo model"),
+    "unknown torchvision model": (["--model", "torchvision:resnet_nope", "--weights", "DEFAULT",
+                                   "--data", "fashion-mnist"], "unknown torchvision"),
+    "unconvertible model": (["--model", "FILE", "--data", "fashion-mnist"], "gelu"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_and_leaves_no_report(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, expected = BAD[case]
+    args = [_model_file(tmp_path) if a == "FILE" else a for a in args]
+    out = tmp_path / "report"
+    status = main(["convert", *args, "--out", str(out), *SMALL])
+    error = capsys.readouterr().err.strip()
+    assert status == 1
+    assert len(error.splitlines()) == 1 and error.startswith("snnlite convert: error:")
+    assert expected in error.lower()
+    assert not out.exists() and not any(p.name.startswith(".report") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("timesteps", ["0,8", "-4", "8,x", "4.5"])
+def test_timesteps_must_be_positive_integers(
+    timesteps: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", "--model", "zoo:fmnist_vgg", "--data", "fashion-mnist",
+              "--out", str(tmp_path / "r"), "--timesteps", timesteps])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(error.splitlines()) == 1
+    assert re.search(r"argument --timesteps", error)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_existing_report_is_kept_unless_overwrite(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    out.mkdir()
+    status = main(["convert", "--model", "zoo:fmnist_vgg", "--data", "fashion-mnist",
+                   "--out", str(out), *SMALL])  # fmt: skip
+    assert status == 1 and "--overwrite" in capsys.readouterr().err
+
+
+def test_a_failed_report_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    with pytest.raises(RuntimeError), staging(out, overwrite=False) as folder:
+        (folder / "results.json").write_text("{}")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    with staging(out, overwrite=False) as folder:
+        (folder / "results.json").write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
