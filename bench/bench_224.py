@@ -96,7 +96,8 @@ def markdown(results: dict[str, dict[str, float]], header: dict[str, object]) ->
         "|---|" + "---|" * len(columns),
     ]
     for name, row in results.items():
-        cells = [f"{v:.2f}x" if "/" in k else f"{v:.1f}" for k, v in row.items()]
+        cells = [f"{v:.1f}" if k.endswith("(image-steps/s)") else f"{v:.2f}x"
+                 for k, v in row.items()]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

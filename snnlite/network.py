@@ -45,7 +45,7 @@ MaxPoolMode = Literal["gated", "current"]
 MIN_WINDOW = 4  # if T < t0 + 4, read out the last 4 steps
 CHUNK_STEPS = 16  # time steps per layer call, at most (see _tiling)
 CACHE_BYTES = 2**21  # one sample-step larger than this overflows the caches anyway
-MIN_WORK = 64  # sample-steps per layer call, at least, for such large activations
+MIN_WORK = 8  # sample-steps per layer call, at least, for such large activations
 
 
 def readout_start(timesteps: int, delay: int | float) -> int:
@@ -435,8 +435,9 @@ def _work(work_bytes: int, per_sample: int) -> int:
     activation, and at least ``MIN_WORK`` once one sample-step alone is larger than
     ``CACHE_BYTES``. There the working set overflows the caches whatever the tiling, and
     with one sample-step per call the time goes into the per-call overhead of many small
-    layer calls (MobileNetV2 at 224 px, 4.8 MB per sample-step, simulated 4x slower with
-    one sample-step per call than with 53)."""
+    layer calls: MobileNetV2 at 224 px (4.8 MB per sample-step, ~150 layer calls per step)
+    simulated about half as fast with one sample-step per call as with 8, and more than 8
+    was slower again; ResNet-18 did not care (``bench/bench_224.py``)."""
     work = max(1, work_bytes // max(1, per_sample))
     return max(work, MIN_WORK) if per_sample > CACHE_BYTES else work
 
