@@ -471,6 +471,14 @@ def choose_delays(snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int])
     a network read out at several T is given one delay per T: ``{T: delay}``, the
     ``delay_schedule`` that ``delay="auto"`` follows (:meth:`SpikingNetwork.auto_delay`).
     """
+    return {T: delay for T, (delay, _error) in _best_delays(snn, inputs, timesteps).items()}
+
+
+def _best_delays(
+    snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int]
+) -> dict[int, tuple[int, float]]:
+    """``{T: (delay, error)}``: each T's delay with the smallest readout error (mean squared
+    error against the clipped ANN's output; ties to the shorter delay) and that error."""
     steps = sorted(set(timesteps))
     candidates = {T: sorted({readout_start(T, d) for d in range(T)}) for T in steps}
     every = sorted({d for ds in candidates.values() for d in ds})
@@ -489,9 +497,8 @@ def choose_delays(snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int])
             errors[pair] += _output_error(readouts[pair], reference) * len(part) / len(inputs)
     if len(parts) == 1:  # no reweighting: the same numbers as one mean over all images
         errors = {pair: _output_error(readouts[pair], reference) for pair in pairs}
-    return {
-        T: min(candidates[T], key=lambda d, T=T: (errors[(T, d)], d)) for T in steps
-    }  # fmt: skip
+    best = {T: min(candidates[T], key=lambda d, T=T: (errors[(T, d)], d)) for T in steps}
+    return {T: (delay, errors[(T, delay)]) for T, delay in best.items()}
 
 
 def correction_samples(timesteps: int) -> int:
@@ -532,8 +539,10 @@ def tune_for_latency(
     the delay chosen for T (Li et al.'s correction); the potential correction, a charge per
     channel added to the initial membrane potential, calibrated for the window that starts at
     t = 0 (its effect on the mean rate falls as 1/T, like the transient and quantisation
-    errors it cancels, so one correction serves every T from the target on); and last the
-    delay that serves each T best with the corrections in place (``snn.delay_schedule``;
+    errors it cancels, so one correction serves every T from the target on), kept only if
+    it brings the readout at T (each with its best delay) closer to the clipped ANN's output
+    on the calibration images (with the ``"delay"`` part; on the zoo's FCN it did not); and
+    last the delay that serves each T best with the corrections in place (``snn.delay_schedule``;
     ``snn.delay_estimate`` is the target's). The corrections simulate the first
     :func:`correction_samples` images, the delay the first ``DELAY_SAMPLES``.
     """
@@ -549,8 +558,16 @@ def tune_for_latency(
         start = readout_start(timesteps, snn.delay_estimate or 0)
         correct_bias(snn, few, timesteps, start, progress=progress)
     if parts.potential:
+        probe = inputs[:DELAY_SAMPLES]
+        if parts.delay:
+            without = _best_delays(snn, probe, [timesteps])[timesteps][1]
         correct_bias(snn, few, timesteps, 0, into="charge", progress=progress)
         snn.delay_estimate = 0.0  # the window the charge was calibrated for
+        if parts.delay and _best_delays(snn, probe, [timesteps])[timesteps][1] > without:
+            # Kept only where it pays: the charges made the readout at T (each with its
+            # best delay) further from the clipped ANN's output on the calibration images.
+            for site in activation_sites(snn.ann).values():
+                site.charge = None
     if parts.delay:
         schedule = choose_delays(snn, inputs[:DELAY_SAMPLES], delay_grid(timesteps))
         snn.delay_schedule = schedule

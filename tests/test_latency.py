@@ -279,6 +279,21 @@ def test_choose_delays_from_one_run_equals_one_choice_per_t(images: torch.Tensor
         assert torch.equal(auto[T], fixed)
 
 
+def test_the_charge_is_kept_only_where_it_pays(images: torch.Tensor) -> None:
+    """With the delay part, the tuned network's readout at T (best delay) is at least as
+    close to the clipped ANN as the same network without the charges: a correction that
+    does not pay on the calibration images is dropped."""
+    calibration = list(images.split(32))
+    fast = snnlite.convert(_small_cnn(), calibration, iterations=30, progress=False,
+                           target_timesteps=6, tuning_size=64)  # fmt: skip
+    plain = copy.deepcopy(fast)
+    for site in activation_sites(plain.ann).values():
+        site.charge = None
+    probe = images[: latency.DELAY_SAMPLES]
+    tuned_error = latency._best_delays(fast, probe, [6])[6][1]
+    assert tuned_error <= latency._best_delays(plain, probe, [6])[6][1]
+
+
 def test_choose_delays_in_slices_equals_one_pass(
     images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
