@@ -84,22 +84,37 @@ def _moves(control: Any) -> list[tuple[str, Any]]:
 
     default = control.value
     kind = type(control).__name__
+    if kind == "SelectMultiple":  # chapter 9's parts: each other option added, then back
+        start, labels = tuple(control.index), control._options_labels
+        others = [i for i in range(len(labels)) if i not in start]
+        moves = [(f"+ {labels[i]}", setter("index", (*start, i))) for i in others]
+        return moves + [("-> as it was", setter("index", start))] if moves else []
     if hasattr(control, "index") and hasattr(control, "_options_labels"):  # selections
-        start = control.index
-        others = [i for i in range(len(control._options_labels)) if i != start]
-        moves = [(f"-> {control._options_labels[i]}", setter("index", i)) for i in others]
-        return moves + [(f"-> {control._options_labels[start]}", setter("index", start))]
+        start, labels = control.index, control._options_labels
+        others = [i for i in range(len(labels)) if i != start]
+        if not others:  # a one-option list (chapter 9's target T at its defaults) cannot move
+            return []
+        moves = [(f"-> {labels[i]}", setter("index", i)) for i in others]
+        return moves + [(f"-> {labels[start]}", setter("index", start))]
     if kind == "Checkbox":
         return [(f"-> {not default}", setter("value", not default)),
                 (f"-> {default}", setter("value", default))]  # fmt: skip
     if kind == "FloatLogSlider":
         exponent = math.log(default, control.base)
-        targets = [control.base ** min(exponent + control.step, control.max),
-                   control.base**control.max, control.base**control.min]  # fmt: skip
+        up = min(exponent + control.step, control.max)
+        step = control.base ** (up if up != exponent else exponent - control.step)
+        targets = [step, control.base**control.max, control.base**control.min]
     else:  # IntSlider, FloatSlider
-        targets = [min(default + control.step, control.max), control.max, control.min]
-    moves = [(f"-> {t:.4g}", setter("value", t)) for t in targets]
-    return moves + [(f"-> {default:.4g}", setter("value", default))]
+        up = min(default + control.step, control.max)
+        targets = [up if up != default else default - control.step, control.max, control.min]
+    # A move to where the slider already is redraws nothing (chapter 8's T starts at its
+    # maximum): left out, so that every timed move is a redraw.
+    moves, value = [], default
+    for target in [*targets, default]:
+        if not math.isclose(target, value):
+            moves.append((f"-> {target:.4g}", setter("value", target)))
+            value = target
+    return moves
 
 
 KERNEL_SOURCE = "from typing import Any\n\n" + "\n\n".join(
