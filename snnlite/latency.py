@@ -329,15 +329,8 @@ def site_errors(
     """``{site: E[rate - a]}`` per threshold entry: the SNN's mean rate over the window
     ``start < t <= T`` against the clipped ANN's mean activation, on ``inputs``."""
     means, _ = _site_statistics(snn.ann, [inputs])
-    rates = snn.site_rates(inputs, timesteps, start)
-    sites = activation_sites(snn.ann)
-    return {
-        name: (
-            rates[name].mean(dim=_reduce_dims(rates[name], sites[name].threshold.dim() == 1),
-                             dtype=torch.float64) - means[name]
-        ).float()
-        for name in sites
-    }  # fmt: skip
+    rates = _mean_rates(snn, inputs, timesteps, start, list(activation_sites(snn.ann)))
+    return {name: (rates[name] - means[name]).float() for name in rates}
 
 
 def _site_shapes(ann: fx.GraphModule, sample: Tensor) -> dict[str, tuple[int, ...]]:
