@@ -214,3 +214,35 @@ def test_detection_map_metric_equals_one_call_on_every_image() -> None:
     for start in range(0, 9, 4):
         metric.update(preds[start : start + 4], truth[start : start + 4])
     assert metric.compute() == detection_map(preds, truth)
+
+
+class _ScriptedDetector:
+    """Stands for a SpikingDetector in map_curve: detections made up from each image."""
+
+    snn = None
+
+    def simulate(self, images: list, timesteps: list, delay: list, **_options) -> dict:
+        out = {}
+        for T in timesteps:
+            for d in delay:
+                out[(T, d)] = [
+                    {"boxes": image[:4].reshape(-1, 4).abs().cumsum(1) * 10,
+                     "scores": (image[4:5] + T / 100).abs(), "labels": torch.zeros(1).long()}
+                    for image in images
+                ]  # fmt: skip
+        return out
+
+
+def test_map_curve_equals_one_call_on_every_detection() -> None:
+    from snnlite import metrics
+
+    torch.manual_seed(0)
+    images = [torch.rand(5) for _ in range(9)]
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 8.0, 9.0]]), "labels": torch.zeros(1).long()}
+               for _ in images]  # fmt: skip
+    kept: dict = {}
+    curve = metrics.map_curve(_ScriptedDetector(), images, targets, [4, 8], [0, "auto"],
+                              batch_size=4, progress=False, predictions=kept)  # fmt: skip
+    for (T, d), found in kept.items():
+        assert len(found) == 9
+        assert curve[d][T] == detection_map(found, targets)
