@@ -11,7 +11,7 @@ Layers, bottom up: a module imports only from its own layer (without a cycle) or
 below it, never from above, and never inside a function to dodge that rule
 (tests/test_layers.py reads this table)::
 
-    0 foundations  kernels, groupnorm, data, checks
+    0 foundations  kernels, distributed, groupnorm, data, checks
     1 units        neurons, pooling
     2 preparation  graph, recipes
     3 synapses     synapses
@@ -25,6 +25,7 @@ below it, never from above, and never inside a function to dodge that rule
 
 * foundations: the numba kernels and frozen GroupNorm; ``data``, the offline data sets, needs
   nothing else of the package; ``checks``, the validation of what users pass in;
+  ``distributed``, the only module that calls ``torch.distributed`` (shards, reductions);
 * units: the IF neuron and the gated max pool, pure functions of their input and state that
   return spikes (they record nothing);
 * preparation: the fx graph of activation sites and its op tables; threshold recipes;

@@ -7,6 +7,7 @@ batches run, and :class:`snnlite.network.SpikingNetwork` takes the thresholds. N
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from snnlite import distributed
 from snnlite.checks import check_eval_mode, check_input, read_calibration, reference_of
 from snnlite.graph import SITES, activation_sites, frozen_group_norms, prepare
 from snnlite.latency import (
@@ -92,6 +94,16 @@ def convert(
             ``"bias"``, a constant-current correction that is right for one T only).
         tuning_size: calibration images (the first ones) the latency tuning uses.
         progress: show tqdm progress bars (calibration and simulation).
+
+    Under an initialised process group (``torchrun``; see :mod:`snnlite.distributed`) each
+    rank passes its own share of the calibration data, e.g. through a
+    :class:`~snnlite.distributed.BatchShardSampler`, and every rank returns the same
+    network: the one a single process would build from the global batches (step k = every
+    rank's k-th batch). The threshold statistics are combined over the ranks at every step
+    (:func:`calibrate`). The data-dependent steps after it (the delay estimate, the
+    low-latency tuning) run on every rank on the same global probe samples, so that no rank
+    waits idle for another past a collective's timeout, and rank 0's outcome (thresholds,
+    corrections, delays) is then broadcast, so that the ranks agree bit for bit.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -140,7 +152,29 @@ def convert(
     snn.delay_estimate = snn.estimate_delay(probe[:probe_size])
     if parts is not None:
         tune_for_latency(snn, probe[:tuning_size], target_timesteps, parts, progress=progress)
+    _agree(snn)
     return snn
+
+
+def _agree(snn: SpikingNetwork) -> None:
+    """Rank 0's thresholds, corrections and delays on every rank (nothing when alone)."""
+    if distributed.world_size() == 1:
+        return
+    sites = activation_sites(snn.ann)
+
+    def cpu(value: Tensor | None) -> Tensor | None:  # pickled tensors keep their device
+        return None if value is None else value.detach().cpu()
+
+    state = {name: (cpu(s.threshold), cpu(s.bias), cpu(s.charge)) for name, s in sites.items()}
+    state, snn.delay_estimate, snn.delay_schedule = distributed.broadcast_object(
+        (state, snn.delay_estimate, snn.delay_schedule)
+    )
+    for name, (threshold, bias, charge) in state.items():
+        site = sites[name]
+        device = site.threshold.device
+        site.threshold = threshold.to(device)
+        site.bias = None if bias is None else bias.to(device)
+        site.charge = None if charge is None else charge.to(device)
 
 
 def calibrate(
@@ -156,6 +190,13 @@ def calibrate(
     (or, with ``keep``, the first ``keep`` calibration samples, which may span batches).
 
     The sites are put back afterwards (their thresholds are the caller's to set).
+
+    Under an initialised process group every rank passes its own share of the data and
+    step k is the global batch made of every rank's k-th batch, in rank order (see
+    :class:`snnlite.distributed.BatchShardSampler`): the recipes combine their statistics
+    over the ranks (:mod:`snnlite.recipes`), the run stops for all when any rank runs out of
+    batches (with a warning if they disagree), and what is returned is what one process
+    reading the global batches would return, the same on every rank.
     """
     container = ann.get_submodule(SITES)
     originals = {name: getattr(container, name) for name in recipes}
@@ -167,7 +208,7 @@ def calibrate(
         for name, recipe in recipes.items():
             setattr(container, name, recipe)
         total = iterations if iterations is not None else _length(calibration)
-        batches = tqdm(_batches(calibration, iterations), total=total, desc="calibrate",
+        batches = tqdm(_in_step(_batches(calibration, iterations)), total=total, desc="calibrate",
                        unit="batch", disable=not progress, leave=False)  # fmt: skip
         with torch.no_grad():
             for index, batch in enumerate(batches):
@@ -177,6 +218,8 @@ def calibrate(
                 if kept < keep and x.shape[1:] == first.shape[1:]:
                     samples.append(x[: keep - kept])
                     kept += len(samples[-1])
+                elif kept < keep and distributed.world_size() > 1:
+                    samples.append(first[:0])  # this step adds none (kept per step)
                 try:  # fully convolutional models may take batches of different sizes
                     ann(x)
                 except torch.OutOfMemoryError:
@@ -198,9 +241,65 @@ def calibrate(
             setattr(container, name, site)
     if first is None:
         raise ValueError("calibration data is empty: pass an iterable of input batches")
+    if distributed.world_size() > 1:
+        return _global_samples(first, samples, keep)
     if keep > len(first) and len(samples) > 1:
         return torch.cat(samples)  # all of batch 0's sample shape
     return first
+
+
+def _in_step(batches: Iterator[Any]) -> Iterator[Any]:
+    """``batches`` while every rank still has one (every batch when alone): each step of a
+    distributed calibration is a collective, which all ranks must enter together."""
+    if distributed.world_size() == 1:
+        yield from batches
+        return
+    for step in itertools.count():
+        batch = next(batches, _END)
+        ready = distributed.count_ranks(batch is not _END)
+        if ready < distributed.world_size():
+            if ready and distributed.rank() == 0:
+                warnings.warn(
+                    f"the processes have different numbers of calibration batches: all "
+                    f"stopped after {step}, when {distributed.world_size() - ready} ran out",
+                    stacklevel=4,
+                )
+            return
+        yield batch
+
+
+_END = object()
+
+
+def _global_samples(first: Tensor, samples: list[Tensor], keep: int) -> Tensor:
+    """:func:`calibrate`'s return value for the global batches, from every rank's ``first``
+    batch and kept ``samples`` (one tensor per step): the global first batch, or the first
+    ``keep`` samples of the global order (step k of rank 0, of rank 1, ..., then step
+    k + 1) when they span more than one global batch. Each rank sends only the samples of
+    its own that this prefix holds."""
+    global_first = distributed.all_gather_cat(first)
+    if keep <= len(global_first):
+        return global_first
+    sizes = distributed.all_gather_object([len(part) for part in samples])
+    plan: list[tuple[int, int, int, int]] = []  # (step, rank, offset in its samples, count)
+    taken, offsets = 0, [0] * len(sizes)
+    for step in range(max(map(len, sizes))):
+        for part, counts in enumerate(sizes):
+            if step < len(counts) and counts[step] and taken < keep:
+                count = min(counts[step], keep - taken)
+                plan.append((step, part, offsets[part], count))
+                taken += count
+            if step < len(counts):
+                offsets[part] += counts[step]
+    if max(step for step, *_ in plan) == 0:  # one global batch: as alone, the first batch
+        return global_first
+    needed = [0] * len(sizes)
+    for _, part, offset, count in plan:
+        needed[part] = max(needed[part], offset + count)
+    mine = torch.cat(samples)[: needed[distributed.rank()]]
+    gathered = distributed.all_gather_cat(mine)
+    starts = [sum(needed[:part]) for part in range(len(needed))]
+    return torch.cat([gathered[starts[p] + o : starts[p] + o + n] for _, p, o, n in plan])
 
 
 def measure_group_norms(
@@ -221,9 +320,7 @@ def measure_group_norms(
     with torch.no_grad():
         for index, batch in enumerate(seen):
             ann(_input_of(batch, index, reference))
-    if not norms or any(norm.samples == 0 for norm in norms.values()):
-        raise ValueError("calibration data is empty: pass an iterable of input batches")
-    for norm in norms.values():
+    for norm in norms.values():  # under a process group: the statistics of every rank
         norm.freeze()
 
 

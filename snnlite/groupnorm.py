@@ -15,7 +15,8 @@ once: samples whose statistics differ from the average are normalised slightly d
 Measure it with ``relux()`` against the original model (chapter 7 of the book does).
 
 Each *call* gets its own statistics: torchvision's FCOS head applies one GroupNorm module to
-all five FPN levels, whose activation scales differ.
+all five FPN levels, whose activation scales differ. Under a process group the sums are
+added over the ranks when the statistics are frozen, so every rank freezes the same affine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from snnlite import distributed
 
 __all__ = ["FrozenGroupNorm"]
 
@@ -63,9 +66,13 @@ class FrozenGroupNorm(nn.Module):
 
     @torch.no_grad()
     def freeze(self) -> None:
-        """Fix the affine from the statistics measured so far."""
+        """Fix the affine from the statistics measured so far (by every rank, under a
+        process group: each rank must freeze its norms in the same order)."""
+        if self.measuring:  # once: frozen sums are already every rank's
+            for buffer in (self.mean_sum, self.var_sum, self.samples):
+                buffer.copy_(distributed.all_reduce_sum(buffer))
         if self.samples == 0:
-            raise RuntimeError("FrozenGroupNorm.freeze() before any calibration sample was seen")
+            raise ValueError("calibration data is empty: pass an iterable of input batches")
         per_group = self.num_channels // self.num_groups
         mean = (self.mean_sum / self.samples).repeat_interleave(per_group)  # (C,)
         var = (self.var_sum / self.samples).repeat_interleave(per_group)

@@ -19,6 +19,16 @@ SpikingJelly's ann2snn.
 Max and robust norm observe the original ANN (ReLU, not clipped), as their authors did.
 Granularity ``"layer"`` gives one scalar threshold per site, ``"channel"`` one per conv
 channel or linear feature (dim 1 of the activation).
+
+Under an initialised process group (:mod:`snnlite.distributed`) each rank runs its share of
+the calibration batches and the recipes combine what the ranks saw, the way
+``SyncBatchNorm`` combines batch statistics, so that every rank ends with the thresholds of
+one process that saw the global batches (every rank's k-th batch, in rank order): LTB
+all-reduces its excess sums and counts at every step (every rank must run the same number
+of steps, which :func:`snnlite.convert.calibrate` sees to); max-norm all-reduces its
+maximum once, when the threshold is read; robust norm gathers every rank's sampled values
+then (the same percentile as one process's whenever no batch had more values than
+``samples_per_batch``; beyond that each rank samples its own share).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from snnlite import kernels
+from snnlite import distributed, kernels
 from snnlite.neurons import broadcast_threshold
 
 __all__ = ["LocalThresholdBalancing", "MaxNorm", "RobustNorm", "ThresholdRecipe", "make_recipe"]
@@ -114,7 +124,12 @@ class LocalThresholdBalancing(ThresholdRecipe):
         # Calibration is meant to cost about as much as inference, and on a CPU each
         # elementwise pass costs as much as a small conv.
         per_threshold = z.numel() // self.theta.numel()  # values averaged into each theta
-        mean_excess = excess_sums(z, self.theta) / per_threshold  # E[(z - theta)+]
+        excess = excess_sums(z, self.theta)
+        if distributed.world_size() > 1:  # the global batch: every rank's share of this step
+            totals = torch.cat([excess.reshape(-1), excess.new_tensor([per_threshold])])
+            totals = distributed.all_reduce_sum(totals)
+            excess, per_threshold = totals[:-1].reshape(excess.shape), totals[-1]
+        mean_excess = excess / per_threshold  # E[(z - theta)+]
         self.theta += self.step_size * 2 * mean_excess
         self.updates += 1
         # clip(z, 0, min(theta, cap)): the original activation (ReLU or ReLU6) capped at the
@@ -147,7 +162,7 @@ class MaxNorm(ThresholdRecipe):
 
     def _threshold(self) -> Tensor:
         assert self.maximum is not None, "no calibration batch reached this site"
-        return self.maximum.float()
+        return distributed.all_reduce_max(self.maximum).float()
 
 
 class RobustNorm(ThresholdRecipe):
@@ -185,7 +200,7 @@ class RobustNorm(ThresholdRecipe):
 
     def _threshold(self) -> Tensor:
         assert self.samples, "no calibration batch reached this site"
-        values = torch.cat(self.samples, dim=1)  # (rows, m)
+        values = distributed.all_gather_cat(torch.cat(self.samples, dim=1), dim=1)  # (rows, m)
         positive = values > 0
         count = positive.sum(dim=1)
         ordered = torch.where(positive, values, torch.full_like(values, math.inf)).sort(dim=1)

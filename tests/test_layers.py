@@ -160,11 +160,26 @@ def test_each_module_imports_alone(module: str) -> None:
 
 
 def test_import_snnlite_works_without_matplotlib() -> None:
-    """matplotlib is needed by ``snnlite.plots`` alone (the book's figures), not the package."""
+    """matplotlib is needed by ``snnlite.plots`` alone (the book's figures), not the package.
+
+    torchmetrics (imported by ``snnlite.metrics``) imports matplotlib, and scienceplots,
+    when their distributions are installed, so both are hidden from import and from
+    ``importlib.metadata``, as in an environment without them.
+    """
     code = (
-        "import sys\n"
-        "sys.modules['matplotlib'] = None  # any import of it raises ImportError\n"
-        "import snnlite, snnlite.energy, snnlite.metrics, snnlite.theory, snnlite.detection\n"
+        "import importlib.metadata as metadata, sys\n"
+        "hidden = ('matplotlib', 'scienceplots')\n"
+        "for name in hidden:\n"
+        "    sys.modules[name] = None  # any import of it raises ImportError\n"
+        "real = metadata.distribution\n"
+        "def distribution(name):\n"
+        "    if name.lower() in hidden:\n"
+        "        raise metadata.PackageNotFoundError(name)\n"
+        "    return real(name)\n"
+        "metadata.distribution = distribution\n"
+        "import snnlite\n"
+        "assert 'torchmetrics' not in sys.modules  # the package itself stays light\n"
+        "import snnlite.energy, snnlite.metrics, snnlite.theory, snnlite.detection\n"
         "import snnlite.data, snnlite.zoo, snnlite.notebook\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )

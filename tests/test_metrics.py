@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snnlite.metrics import detection_map, mean_iou
+from snnlite.metrics import DetectionMAP, detection_map, mean_iou
 
 # ---------------------------------------------------------------- mean IoU
 
@@ -138,3 +138,111 @@ def test_miou_curve_hands_over_the_label_maps_it_scored(photo_crops) -> None:
     for (T, delay), labels in kept.items():
         assert labels.shape == masks.shape
         assert curve[delay][T] == metrics.mean_iou(labels, masks, 4)
+
+
+# ---------------------------------------------------------------- stateful metrics, old formulas
+
+
+def _old_mean_iou(preds: torch.Tensor, targets: torch.Tensor, classes: int, ignore: int) -> float:
+    """``mean_iou`` as it was before the stateful metrics: one confusion matrix at once."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    confmat = MulticlassConfusionMatrix(classes, ignore_index=ignore, validate_args=True)
+    matrix = confmat(preds.flatten().long(), targets.flatten().long()).double()
+    tp = matrix.diag()
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    valid = union > 0
+    if 0 <= ignore < classes:
+        valid[ignore] = False
+    return float((tp[valid] / union[valid]).mean())
+
+
+def test_the_curves_equal_the_formulas_they_replaced(photo_crops) -> None:
+    """accuracy_curve and miou_curve feed TopOneAccuracy / MeanIoU batch by batch; their
+    numbers equal, bit for bit, the old sums of hits and the one confusion matrix."""
+    import snnlite
+    from snnlite import metrics
+
+    torch.manual_seed(0)
+    x = photo_crops[:20]
+    classifier = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(6 * 15 * 15, 10),
+    ).eval()  # fmt: skip
+    labels = classifier(x).argmax(1).detach()
+    labels[::3] = torch.randint(0, 10, labels[::3].shape)  # the SNN is not always right
+    snn = snnlite.convert(classifier, [x[:10], x[10:]], progress=False)
+    keys = [(T, d) for T in (4, 16) for d in ("auto", 0)]
+    hits = dict.fromkeys(keys, 0)
+
+    def count(outputs: dict, y: torch.Tensor) -> None:
+        for key, logits in outputs.items():
+            hits[key] += int((logits.argmax(dim=1) == y).sum())
+
+    batches = [(x[s : s + 7], labels[s : s + 7]) for s in range(0, 20, 7)]
+    metrics.simulate_batches(snn, batches, [4, 16], count, delay=["auto", 0])
+    curve = metrics.accuracy_curve(snn, x, labels, [4, 16], ["auto", 0], batch_size=7,
+                                   progress=False)  # fmt: skip
+    assert {(T, d): curve[d][T] for T, d in keys} == {k: n / 20 for k, n in hits.items()}
+    assert metrics.ann_accuracy(classifier, x, labels, batch_size=7) == float(
+        (classifier(x).argmax(1) == labels).sum()) / 20  # fmt: skip
+
+    segmenter = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(6, 5, 1)).eval()  # fmt: skip
+    masks = segmenter(x).argmax(1).detach()
+    masks[:, :4] = 255  # ignored
+    masks[:, -4:] = torch.randint(0, 5, masks[:, -4:].shape)
+    snn = snnlite.convert(segmenter, [x[:10], x[10:]], progress=False)
+    kept: dict = {}
+    curve = metrics.miou_curve(snn, x, masks, 5, [4, 16], ["auto", 0], batch_size=7,
+                               ignore_index=255, progress=False, predictions=kept)  # fmt: skip
+    for (T, d), preds in kept.items():
+        assert curve[d][T] == _old_mean_iou(preds, masks, 5, 255)
+        assert metrics.mean_iou(preds, masks, 5, 255) == _old_mean_iou(preds, masks, 5, 255)
+
+
+def test_detection_map_metric_equals_one_call_on_every_image() -> None:
+    torch.manual_seed(0)
+    preds, truth = [], []
+    for _ in range(9):
+        boxes = torch.rand(int(torch.randint(0, 5, ())), 2).repeat(1, 2) * 50
+        boxes[:, 2:] += 20
+        labels = torch.randint(0, 3, (len(boxes),))
+        preds.append({"boxes": boxes, "scores": torch.rand(len(boxes)), "labels": labels})
+        truth.append({"boxes": boxes + torch.rand(len(boxes), 4) * 8, "labels": labels})
+    metric = DetectionMAP()
+    for start in range(0, 9, 4):
+        metric.update(preds[start : start + 4], truth[start : start + 4])
+    assert metric.compute() == detection_map(preds, truth)
+
+
+class _ScriptedDetector:
+    """Stands for a SpikingDetector in map_curve: detections made up from each image."""
+
+    snn = None
+
+    def simulate(self, images: list, timesteps: list, delay: list, **_options) -> dict:
+        out = {}
+        for T in timesteps:
+            for d in delay:
+                out[(T, d)] = [
+                    {"boxes": image[:4].reshape(-1, 4).abs().cumsum(1) * 10,
+                     "scores": (image[4:5] + T / 100).abs(), "labels": torch.zeros(1).long()}
+                    for image in images
+                ]  # fmt: skip
+        return out
+
+
+def test_map_curve_equals_one_call_on_every_detection() -> None:
+    from snnlite import metrics
+
+    torch.manual_seed(0)
+    images = [torch.rand(5) for _ in range(9)]
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 8.0, 9.0]]), "labels": torch.zeros(1).long()}
+               for _ in images]  # fmt: skip
+    kept: dict = {}
+    curve = metrics.map_curve(_ScriptedDetector(), images, targets, [4, 8], [0, "auto"],
+                              batch_size=4, progress=False, predictions=kept)  # fmt: skip
+    for (T, d), found in kept.items():
+        assert len(found) == 9
+        assert curve[d][T] == detection_map(found, targets)

@@ -11,8 +11,10 @@ tabulate energy.
 Every step is a library call (:func:`snnlite.convert`, :mod:`snnlite.metrics`,
 :mod:`snnlite.energy`, :mod:`snnlite.export`); this package only parses, loads and writes.
 Bad input ends with one line on stderr and status 1 (2 for a malformed command line), and
-never leaves a report folder behind. Under ``torchrun`` the processes join one process group
-and only rank 0 writes (:mod:`snnlite.cli.evaluate` holds the evaluation seam).
+never leaves a report folder behind. Under ``torchrun`` the processes join one process group:
+every calibration batch is split over them (the thresholds equal one process's), each
+evaluates its own share of the images, the counts are summed, and only rank 0 writes
+(:mod:`snnlite.cli.evaluate`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import snnlite
+from snnlite import distributed
 from snnlite.checks import check_delay, check_timesteps
 from snnlite.cli import report
-from snnlite.cli.evaluate import evaluate, is_writer, process_group
+from snnlite.cli.evaluate import evaluate, evaluation_loader, is_writer, process_group
 from snnlite.cli.sources import LoadedModel, SourceError, first, load_data, load_model
 from snnlite.convert import METHODS
 from snnlite.energy import __main__ as energy_cli
@@ -112,7 +115,8 @@ def _conversion_flags() -> argparse.ArgumentParser:
     )  # fmt: skip
     group.add_argument(
         "--calibration-batch-size", type=_positive, default=50, metavar="N",
-        help="images per calibration batch, one threshold update each (default: %(default)s)",
+        help="images per calibration batch, one threshold update each; under torchrun each "
+        "batch is split over the processes (default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
         "--image-size", type=_positive, default=224, metavar="PIXELS",
@@ -199,7 +203,8 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     group.add_argument(
         "--batch-size", type=_positive, default=250, metavar="N",
-        help="images simulated per batch during evaluation (default: %(default)s)",
+        help="images simulated per batch during evaluation, per process under torchrun "
+        "(default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
         "--out", type=Path, required=True, metavar="FOLDER",
@@ -282,7 +287,10 @@ def _converted(args: argparse.Namespace) -> _Converted:
         load_data(spec, "train", loaded.transform, args.image_size), args.calibration_images
     )
     test_set = load_data(args.data, "test", loaded.transform, args.image_size)
-    calibration = DataLoader(calibration_set, batch_size=args.calibration_batch_size)
+    # Under torchrun every batch is split over the processes: the global batches are the
+    # ones a single process reads, so the thresholds are too.
+    batches = distributed.BatchShardSampler(calibration_set, args.calibration_batch_size)
+    calibration = DataLoader(calibration_set, batch_sampler=batches)
     snn = snnlite.convert(
         loaded.model, calibration, method=args.method, granularity=args.granularity,
         iterations=args.calibration_batches, max_pool=args.max_pool,
@@ -300,11 +308,11 @@ def run_convert(args: argparse.Namespace) -> None:
         )
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists: choose another --out or pass --overwrite")
-    process_group()
+    process_group(args.device)
     run = _converted(args)
     loaded, snn = run.loaded, run.snn
     test_set = first(run.test_set, args.images)
-    loader = DataLoader(test_set, batch_size=args.batch_size)
+    loader = evaluation_loader(test_set, args.batch_size)  # this process's share
     delays = list(dict.fromkeys([args.delay, "auto", "half", 0]))
     evaluation = evaluate(loaded.model, snn, loader, args.timesteps, delays,
                           device=args.device, total=len(loader),
@@ -333,7 +341,7 @@ def run_export(args: argparse.Namespace) -> None:
     """``snnlite export``: convert, then write the network as a NIR graph (rank 0 only)."""
     if args.nir.exists() and not args.overwrite:
         raise FileExistsError(f"{args.nir} exists: choose another --nir or pass --overwrite")
-    process_group()
+    process_group(args.device)
     run = _converted(args)
     if not is_writer():
         return
