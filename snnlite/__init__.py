@@ -17,7 +17,7 @@ below it, never from above, and never inside a function to dodge that rule
     3 synapses     synapses
     4 simulation   network
     5 analysis     latency, metrics, theory
-    6 conversion   convert, detection, export
+    6 conversion   convert, detection, export, fold
     7 energy       energy
     8 book         notebook, plots
     9 scripts      zoo, energy.__main__
@@ -34,8 +34,9 @@ below it, never from above, and never inside a function to dodge that rule
   units return;
 * analysis: evaluators and time-step curves (one loop for every metric), Theorem 1's terms,
   the low-latency corrections;
-* conversion: :func:`convert`, the detectors' wrapper, and the export of a converted network
-  to NIR (``export``; the ``nir`` extra);
+* conversion: :func:`convert`, the detectors' wrapper, the export of a converted network
+  to NIR (``export``; the ``nir`` extra), and :func:`fold_thresholds` (unit spikes, the
+  thresholds moved into the weights);
 * energy: constants, MACs, energy rows and tables (no command line);
 * book: helpers of the chapters (``plots`` alone needs matplotlib);
 * scripts: the model zoo, its training and measuring scripts, and the energy command line
@@ -45,16 +46,19 @@ below it, never from above, and never inside a function to dodge that rule
 """
 
 from snnlite.convert import calibrate, convert
+from snnlite.fold import FoldError, fold_thresholds
 from snnlite.graph import UnsupportedLayerError, prepare
 from snnlite.network import SpikingNetwork
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FoldError",
     "SpikingNetwork",
     "UnsupportedLayerError",
     "__version__",
     "calibrate",
     "convert",
+    "fold_thresholds",
     "prepare",
 ]

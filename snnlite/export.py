@@ -255,6 +255,11 @@ class _Exporter:
 
     def _neuron(self, node: fx.Node) -> None:
         site = self._module(node)
+        if site.unit:
+            raise ExportError(
+                f"site {site_name(node)!r} is folded (unit spikes): export the network "
+                "fold_thresholds was given; the export folds thresholds itself"
+            )
         theta = site.threshold.detach().double()
         if site.bias is not None:
             raise ExportError(

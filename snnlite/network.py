@@ -290,6 +290,43 @@ class SpikingNetwork(nn.Module):
             return readouts
         return {T: readouts[(T, delays[0])] for T in steps_wanted}
 
+    @torch.no_grad()
+    def spike_trains(self, x: Tensor, timesteps: int) -> dict[str, Tensor]:
+        """What every neuron emitted in one run of ``timesteps`` steps on ``x``.
+
+        Returns ``{site name: spikes}``, each of shape (T, N, ...): theta-valued, or 1-valued
+        for a folded network (:func:`snnlite.fold_thresholds`). It keeps every spike in
+        memory (T times the activations), so it is for small inputs, to look at.
+        """
+        wanted = check_timesteps(timesteps)
+        if len(wanted) != 1:
+            raise ValueError(f"spike_trains runs one T, got {wanted}")
+        total = wanted[0]
+        x = check_input(x, reference_of(self.ann))
+        self._check_thresholds()
+        check_runs(self.ann, x, self.sample_shape)
+        runner = _Runner(self.ann, self.max_pool, record=False)
+        parts: dict[str, list[Tensor]] = {}
+
+        def keep(name: str) -> Callable[[Tensor, int], None]:
+            def add(value: Tensor, steps: int) -> None:
+                parts[name].append(value.reshape(steps, -1, *value.shape[1:]).clone())
+
+            return add
+
+        for node in runner.nodes:
+            if is_site(node):
+                parts[site_name(node)] = []
+                runner.watch[node] = keep(site_name(node))
+        static = runner.run_static(x)
+        done = 0
+        while done < total:
+            steps = min(CHUNK_STEPS, total - done)
+            runner.run_chunk(static, steps, x.shape[0])
+            done += steps
+        runner.reset()
+        return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
     def _simulate_tile(
         self,
         runner: _Runner,
@@ -551,7 +588,7 @@ class _Runner:
             return None
         if is_site(node):
             site = self.ann.get_submodule(node.target)
-            return IFNeuron(site.threshold, site.bias, site.charge)
+            return IFNeuron(site.threshold, site.bias, site.charge, site.unit)
         module = self.ann.get_submodule(node.target)
         if isinstance(module, MAX_POOL_TYPES) and max_pool == "gated":
             return GatedMaxPool(module)

@@ -9,6 +9,11 @@
 The spike condition is ``v >= theta`` everywhere (neuron, ``rate``), so ``rate`` matches the
 neuron exactly: a constant current ``z`` gives ``floor(z * T / theta + 1/2)`` spikes in T steps.
 
+After :func:`snnlite.fold_thresholds` a site is *unit*: its neuron emits spikes of value 1
+(the threshold moved into the weights its spikes reach) and still resets by subtracting its
+threshold; its ANN reading is ``relux(z, theta) / theta``, the same clipped value in units of
+theta.
+
 A threshold of 0 marks a *silent* neuron (a channel that never activated during calibration):
 it never fires and ``relux`` outputs 0 for it. No code path divides by a threshold.
 """
@@ -157,6 +162,10 @@ class ActivationSite(nn.Module):
     neuron's input at every step, and ``charge``, added to the initial membrane potential
     ``theta / 2``. The clipped ANN (``forward``) ignores them: it is what the SNN
     approximates, and they correct the SNN's systematic error against it.
+
+    ``unit`` is set by :func:`snnlite.fold_thresholds`: the site then outputs its value in
+    units of its threshold (in [0, 1]; its neuron, spikes of 1), the threshold having moved
+    into the weights downstream.
     """
 
     bias: Tensor | None
@@ -165,6 +174,7 @@ class ActivationSite(nn.Module):
     def __init__(self, threshold: Tensor | None = None, cap: float = math.inf) -> None:
         super().__init__()
         self.cap = float(cap)
+        self.unit = False
         init = torch.tensor(math.inf) if threshold is None else threshold.detach().clone()
         self.register_buffer("threshold", init)
         self.register_buffer("bias", None)
@@ -172,11 +182,15 @@ class ActivationSite(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         out = relux(z, self.threshold)
+        if self.unit:  # in units of theta; silent neurons (theta = 0) output 0
+            theta = broadcast_threshold(self.threshold, z.dim())
+            return torch.where(theta > 0, out / torch.where(theta > 0, theta, 1.0), 0.0)
         return out.clamp(max=self.cap) if math.isfinite(self.cap) else out
 
     def extra_repr(self) -> str:
         shape = tuple(self.threshold.shape)
-        return f"threshold={'scalar' if not shape else shape}, cap={self.cap}"
+        unit = ", unit spikes" if self.unit else ""
+        return f"threshold={'scalar' if not shape else shape}, cap={self.cap}{unit}"
 
 
 class IFNeuron(nn.Module):
@@ -186,12 +200,20 @@ class IFNeuron(nn.Module):
     network sees it; this module alone unfolds time. The membrane persists across chunks until
     :meth:`reset`. It returns its spikes and records nothing: whoever runs it (the network's
     runner) counts events and synaptic operations from what it returns.
+
+    Spikes are theta-valued, or with ``unit`` (a folded site) 1-valued; the reset subtracts
+    theta either way.
     """
 
     def __init__(
-        self, threshold: Tensor, bias: Tensor | None = None, charge: Tensor | None = None
+        self,
+        threshold: Tensor,
+        bias: Tensor | None = None,
+        charge: Tensor | None = None,
+        unit: bool = False,
     ) -> None:
         super().__init__()
+        self.unit = unit
         self.register_buffer("threshold", threshold)
         self.register_buffer("bias", bias)  # a current added every step (() or (C,))
         self.register_buffer("charge", charge)  # added to the initial potential theta / 2
@@ -216,4 +238,6 @@ class IFNeuron(nn.Module):
             current = current + broadcast_threshold(self.bias.to(current.dtype), current.dim())
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
         spikes, self.membrane = integrate_and_fire(currents, self.membrane, theta, steps)
+        if self.unit:  # a spike is theta > 0 exactly where the neuron fired
+            spikes = torch.ne(spikes, 0).to(spikes.dtype)
         return spikes.reshape(steps * batch, *current.shape[1:])  # a view: no copy
