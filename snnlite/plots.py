@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 __all__ = [
     "accuracy_over_time",
     "firing_rates",
+    "gated_pool_schematic",
+    "if_schematic",
     "if_trace",
     "markdown_table",
     "new_figure",
@@ -57,6 +59,82 @@ def if_trace(
     ax_s.vlines(fired, 0, 1, color="k")
     ax_s.set(xlabel="time step t", yticks=[], xlim=(0, len(membrane) + 1),
              title=f"{len(fired)} spikes in {len(membrane)} steps")  # fmt: skip
+
+
+def if_schematic(
+    axes: Sequence[Axes],
+    currents: torch.Tensor,
+    before: torch.Tensor,
+    after: torch.Tensor,
+    spikes: torch.Tensor,
+    theta: float,
+) -> None:
+    """The IF neuron step by step: integrate, fire at theta, reset by subtraction.
+
+    currents, before, after, spikes: (T,) input z(t), potential v(t) before the reset,
+    u(t) after it, and the spikes, as a simulation computed them. The top panel draws each
+    step's rise from u(t-1) to v(t), and at a spike the drop by theta down to u(t); the
+    bottom panel the input current and the spikes.
+    """
+    ax_u, ax_z = axes
+    steps = len(currents)
+    previous = np.r_[theta / 2, after.numpy()[:-1]]
+    for t in range(steps):
+        ax_u.plot([t, t + 1], [previous[t], float(before[t])], color="C0", lw=1.5,
+                  label="integrate: $+z(t)$" if t == 0 else None)  # fmt: skip
+        if spikes[t] > 0:
+            ax_u.annotate("", xy=(t + 1, float(after[t])), xytext=(t + 1, float(before[t])),
+                          arrowprops={"arrowstyle": "->", "color": "C3", "lw": 1.5})  # fmt: skip
+    ax_u.plot([], [], color="C3", label=r"fire, reset: $-\theta$")
+    ax_u.plot(np.arange(steps + 1), np.r_[theta / 2, after.numpy()], "o", color="C0", ms=3)
+    ax_u.axhline(theta, color="k", ls="--", lw=1, label=rf"threshold $\theta$ = {theta:g}")
+    ax_u.set(xlabel="time step t", ylabel="membrane potential", xlim=(0, steps + 0.5),
+             title=r"$u(0) = \theta / 2$; dots: $u(t)$ after the reset")  # fmt: skip
+    ax_u.legend(loc="lower right", fontsize=8)
+    t_axis = np.arange(1, steps + 1)
+    ax_z.bar(t_axis - 0.5, currents.numpy(), width=0.8, color="C2", alpha=0.6,
+             label="input current z(t)")  # fmt: skip
+    fired = t_axis[spikes.numpy() > 0]
+    ax_z.vlines(fired, 0, theta, color="C3", lw=2, label=r"spike ($\theta$-valued)")
+    ax_z.set(xlabel="time step t", xlim=(0, steps + 0.5),
+             title=f"{len(fired)} spikes in {steps} steps")  # fmt: skip
+    ax_z.legend(loc="upper right", fontsize=8)
+
+
+def gated_pool_schematic(
+    axes: Sequence[Axes], inputs: torch.Tensor, winners: torch.Tensor, output: torch.Tensor
+) -> None:
+    """Gated max pooling of one window in time: who passes at each step, and why.
+
+    inputs: (T, K) spike trains of the window's K positions; winners: (T,) the position whose
+    accumulated input leads at each step; output: (T,) what the pool passed. The left panel
+    is a raster (shaded: the leader, filled: a spike that passed), the right one the running
+    sums that decide the leader.
+    """
+    ax_r, ax_s = axes
+    steps, k = inputs.shape
+    fired = inputs.numpy() > 0
+    lead = winners.numpy()
+    for t in range(steps):
+        ax_r.add_patch(plt.Rectangle((t + 0.5, lead[t] - 0.4), 1, 0.8, color="C1", alpha=0.25,
+                                     lw=0))  # fmt: skip
+        for i in range(k):
+            if fired[t, i]:
+                passed = i == lead[t]
+                ax_r.plot(t + 1, i, "s" if passed else "x", color="C3" if passed else "0.5",
+                          ms=7 if passed else 5)  # fmt: skip
+        if output[t] > 0:
+            ax_r.plot(t + 1, k + 0.5, "s", color="C3", ms=7)
+    ax_r.set(xlim=(0.5, steps + 0.5), ylim=(-0.7, k + 1.1), xlabel="time step t",
+             yticks=[*range(k), k + 0.5],
+             yticklabels=[f"input {i}" for i in range(k)] + ["pool output"],
+             title="shaded: the leader; red: a spike that passes")  # fmt: skip
+    sums = np.cumsum(inputs.numpy(), axis=0)
+    for i in range(k):
+        ax_s.step(np.arange(1, steps + 1), sums[:, i], where="post", label=f"input {i}")
+    ax_s.set(xlabel="time step t", ylabel="accumulated input",
+             title="the gate: largest sum so far")  # fmt: skip
+    ax_s.legend(fontsize=8)
 
 
 def accuracy_over_time(

@@ -104,9 +104,25 @@ def test_fanout_border_of_padded_conv(results: dict[str, Any]) -> None:
     high, low = results["fmnist_vgg_first_fanout_max"], results["fmnist_vgg_first_fanout_min"]
     assert high * 4 == low * 9
     assert high % 9 == 0
+    # The numbers the text derives from the next conv's C_out (printed, not typed).
+    assert high == 9 * results["fmnist_vgg_next_conv_out_channels"]
+
+
+def test_sops_about_linear_in_T(results: dict[str, Any]) -> None:
+    # "the SOPs grow about linearly in T": a straight line through the cumulative SOPs.
+    for model in _models(results):
+        assert results[f"{model}_sops_linear_r2"] > 0.98, model
 
 
 def test_mac_per_sop_ratios_quoted_in_the_text(results: dict[str, Any]) -> None:
     # The prose: a SOP costs "about 160" times less than a MAC with the paper's constants.
     assert results["mac_per_sop_paper"] == pytest.approx(160, rel=0.05)
     assert results["mac_per_sop_45nm"] < 10  # "the gap shrinks"
+
+
+def test_folded_network_agrees(results: dict[str, Any]) -> None:
+    # fold_thresholds in float64: the same readouts, unit spikes, the same events and SOPs.
+    assert results["fold_readout_difference"] <= 1e-9
+    assert results["fold_spike_values_unit"] == 1.0
+    assert results["fold_same_events"] == 1.0
+    assert results["fold_sops_equal"] == 1.0

@@ -98,6 +98,9 @@ def claims_01_spiking_neurons(r: dict, p: dict) -> None:
     assert r["unevenness_relu_of_average"] == pytest.approx(0.2)
     assert r["unevenness_positive_first"] == pytest.approx(0.3)
     assert r["unevenness_negative_first"] == pytest.approx(0.2)
+    # The step-by-step figure: it fires, and every reset subtracts exactly theta.
+    assert r["schematic_spikes"] >= 2
+    assert r["schematic_reset_max_dev"] < 1e-6
 
 
 def test_01_spiking_neurons(run_notebook) -> None:
@@ -129,6 +132,9 @@ def test_02_error_bound(run_notebook) -> None:
 def claims_03_threshold_balancing(r: dict, p: dict) -> None:
     Ks, Ts = p["K_values"], p["T_values"]
     assert r["theta_smallest_step"] >= 0.0  # theta never decreases
+    # "The thresholds rise fast, then slower and slower, but they do not settle".
+    assert r["theta_growth_first_tenth"] > 5 * r["theta_growth_last_tenth"]
+    assert r["theta_growth_last_tenth"] > 0
     assert r["overshoot_theta"] == pytest.approx(2.0)  # c = 1 jumps past max z = 1
     # Fig. 3b: the conversion error falls with the LTB iterations.
     assert r["clip_error_last"] < 0.5 * r["clip_error_first"]
@@ -156,6 +162,9 @@ def claims_04_channels_and_pooling(r: dict, p: dict) -> None:
     assert r["theorem2_max_abs_diff"] == 0.0
     assert r["window_pool_currents"] == r["window_ann"] == 0.5
     assert r["window_pool_spikes"] > r["window_ann"] + 0.2  # spike pooling over-counts
+    # The gate settles on the most active neuron and passes its rate.
+    assert r["window_leader_final"] == 0
+    assert abs(r["window_pool_gated"] - r["window_ann"]) <= 0.1
     assert r[f"snn_accuracy_T{T}"] >= r["ann_accuracy"] - 0.07
     assert r[f"snn_accuracy_T{T}"] > r[f"current_pool_snn_accuracy_T{T}"]
     assert r[f"snn_accuracy_T{T}"] > r[f"spike_pool_snn_accuracy_T{T}"]
