@@ -170,12 +170,7 @@ def _conversion_flags() -> argparse.ArgumentParser:
 
 def parser() -> argparse.ArgumentParser:
     """The command line, every flag explained (``snnlite COMMAND --help``)."""
-    cli = _Parser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog="Examples:\n" + __doc__.split("\n\n")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    cli = energy_cli.doc_parser(__doc__, PROG, _Parser)
     cli.add_argument("--version", action="version", version=f"snnlite {snnlite.__version__}")
     commands = cli.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                   parser_class=_Parser)  # fmt: skip

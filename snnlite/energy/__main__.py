@@ -31,14 +31,23 @@ from snnlite.zoo.dense_curves import energy_tables
 TIMESTEPS = [4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
 
 
-def parser(prog: str = "python -m snnlite.energy") -> argparse.ArgumentParser:
-    """The command line, every flag explained (``--help``); also ``snnlite energy``."""
-    cli = argparse.ArgumentParser(
+def doc_parser(
+    doc: str, prog: str, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """A command line described by its module's docstring ``doc`` (this one's, ``snnlite``'s):
+    the first paragraph says what it does, the second, after the flags, gives examples."""
+    paragraphs = doc.split("\n\n")
+    return parser_class(
         prog=prog,
-        description=__doc__.split("\n\n")[0],
-        epilog="Examples:\n" + __doc__.split("\n\n")[1],
+        description=paragraphs[0],
+        epilog="Examples:\n" + paragraphs[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def parser(prog: str = "python -m snnlite.energy") -> argparse.ArgumentParser:
+    """The command line, every flag explained (``--help``); also ``snnlite energy``."""
+    cli = doc_parser(__doc__, prog)
     cli.add_argument(
         "--models", nargs="+", default=["fmnist_vgg", "fmnist_resnet"], metavar="NAME",
         help="zoo classifiers to convert and measure now (default: %(default)s); "

@@ -15,6 +15,7 @@ Widths are small on purpose: each model trains in minutes on one CPU thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -287,25 +288,33 @@ _DETECTOR_KW = dict(
 )
 
 
+_Detector = TypeVar("_Detector", RetinaNet, FCOS)
+
+
+def _scene_detector(
+    detector: type[_Detector],
+    anchors: int,
+    num_classes: int,
+    norm_layer: Callable[[int], nn.Module],
+) -> _Detector:
+    """A torchvision one-stage ``detector`` on the scenes' FPN, ``anchors`` per location."""
+    return detector(
+        scene_fpn_backbone(norm_layer),
+        num_classes,
+        anchor_generator=scene_anchor_generator(anchors),
+        **_DETECTOR_KW,
+    )
+
+
 def scenes_retinanet(
     num_classes: int = SCENE_NUM_CLASSES, norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d
 ) -> RetinaNet:
     """torchvision ``RetinaNet`` (its default head: conv-ReLU towers, no norm) on the FPN."""
-    return RetinaNet(
-        scene_fpn_backbone(norm_layer),
-        num_classes,
-        anchor_generator=scene_anchor_generator(9),
-        **_DETECTOR_KW,
-    )
+    return _scene_detector(RetinaNet, 9, num_classes, norm_layer)
 
 
 def scenes_fcos(
     num_classes: int = SCENE_NUM_CLASSES, norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d
 ) -> FCOS:
     """torchvision ``FCOS`` (its default head: conv-GroupNorm(32)-ReLU towers) on the FPN."""
-    return FCOS(
-        scene_fpn_backbone(norm_layer),
-        num_classes,
-        anchor_generator=scene_anchor_generator(1),
-        **_DETECTOR_KW,
-    )
+    return _scene_detector(FCOS, 1, num_classes, norm_layer)

@@ -111,10 +111,27 @@ _DET_INPUTS = (
 )
 
 
-def _scenes_command(script: str, name: str, epochs: int, extra: str = "") -> str:
+def _train_command(script: str, name: str, epochs: int, extra: str = "") -> str:
+    """The command that reproduces a zoo-trained file (every zoo script takes these flags)."""
     return (
         f"python -m snnlite.zoo.{script} --model {name} --epochs {epochs} {extra}--seed 0 "
         f"--out snnlite/zoo/weights/{name}.pth"
+    )
+
+
+def _fashion_entry(name: str, builder: Callable[[], nn.Module], epochs: int, **fields) -> ZooEntry:
+    """A Fashion-MNIST classifier trained here: what both share (data, classes, inputs, how to
+    train)."""
+    return ZooEntry(
+        name=name,
+        task="classification",
+        dataset="Fashion-MNIST",
+        builder=builder,
+        file=f"{name}.pth",
+        input_shape=(1, 28, 28),
+        classes=FASHION_MNIST_CLASSES,
+        train_command=_train_command("train_classifier", name, epochs),
+        **fields,
     )
 
 
@@ -129,46 +146,30 @@ def _scene_entry(name: str, task: str, epochs: int, train_options: str = "", **f
         file=f"{name}.pth",
         input_shape=(3, 96, 96),
         classes=SCENE_CLASSES,
-        train_command=_scenes_command(script, name, epochs, train_options),
+        train_command=_train_command(script, name, epochs, train_options),
         extra=_scenes_extra(_SEG_INPUTS if task == "segmentation" else _DET_INPUTS),
         **fields,
     )
 
 
 _ENTRIES: tuple[ZooEntry, ...] = (
-    ZooEntry(
-        name="fmnist_vgg",
-        task="classification",
-        dataset="Fashion-MNIST",
-        builder=FashionVGG,
-        file="fmnist_vgg.pth",
+    _fashion_entry(
+        "fmnist_vgg",
+        FashionVGG,
+        8,
         sha256="9dd086e304f69803cf3cdc13eba7db93514d70ae1b60787be1684e9bbdc58112",
         metrics={"accuracy": 0.9310},  # full 10 000-image test set
         params=288042,
-        input_shape=(1, 28, 28),
-        classes=FASHION_MNIST_CLASSES,
-        train_command=(
-            "python -m snnlite.zoo.train_classifier --model fmnist_vgg --epochs 8 --seed 0 "
-            "--out snnlite/zoo/weights/fmnist_vgg.pth"
-        ),
         train_cpu_minutes=15.9,  # one thread, shared 2-core machine
         description="VGG-style conv3x3-BN-ReLU net, 32-32-pool-64-64-pool-128-pool + MLP head.",
     ),
-    ZooEntry(
-        name="fmnist_resnet",
-        task="classification",
-        dataset="Fashion-MNIST",
-        builder=FashionResNet,
-        file="fmnist_resnet.pth",
+    _fashion_entry(
+        "fmnist_resnet",
+        FashionResNet,
+        16,
         sha256="f5c07c4a67dc8c8c4cb4a434e65cf9ffa4c84be8c560cd694d361aceab8bee20",
         metrics={"accuracy": 0.9300},  # full 10 000-image test set
         params=309162,
-        input_shape=(1, 28, 28),
-        classes=FASHION_MNIST_CLASSES,
-        train_command=(
-            "python -m snnlite.zoo.train_classifier --model fmnist_resnet --epochs 16 --seed 0 "
-            "--out snnlite/zoo/weights/fmnist_resnet.pth"
-        ),
         train_cpu_minutes=21.8,  # one thread, shared 2-core machine
         description=(
             "Small ResNet: conv3x3 stem at 28x28, then one torchvision BasicBlock per stage "

@@ -18,15 +18,13 @@ mAP@.5 of the *saved* file in the frozen-BN zoo model on the test split, the CPU
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from snnlite.zoo import models, training
-from snnlite.zoo.scene_eval import TEST_SCENES, TRAIN_SCENES, detection_metrics, load_scenes
+from snnlite.zoo.scene_eval import detection_metrics, load_scenes
 from snnlite.zoo.training import file_record, reload, save_weights
 
 MODELS = {"scenes_retinanet": models.scenes_retinanet, "scenes_fcos": models.scenes_fcos}
@@ -60,61 +58,25 @@ def train(
     limit: int | None = None,
 ) -> dict:
     """Train with BatchNorm2d, save the state_dict to ``out``, evaluate the frozen-BN model."""
-    if model_name not in MODELS:
-        raise ValueError(f"unknown detection model {model_name!r}; choose from {list(MODELS)}")
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    cpu0, wall0 = time.process_time(), time.time()
-
-    train_args, test_args = dict(TRAIN_SCENES), dict(TEST_SCENES)
-    if limit is not None:
-        train_args["num_scenes"] = test_args["num_scenes"] = limit
-    data = load_scenes(**train_args)
+    gen, clock, data, test_args = training.scene_start(
+        "detection", MODELS, model_name, seed, threads, limit
+    )  # the clock counts scene generation
     images, targets = data["images"], data["targets"]  # (N, 3, S, S), N dicts
     size = images.shape[-1]
 
     model = MODELS[model_name](norm_layer=nn.BatchNorm2d)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # norms and biases
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=lr,
-    )
+    opt = torch.optim.AdamW(training.decay_groups(model, weight_decay), lr=lr)
+
+    def losses(idx: Tensor) -> dict[str, Tensor]:
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
+        y = hflip_targets([targets[i] for i in idx.tolist()], flip, size)
+        return model(list(x), y)
+
     steps = len(images) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=0.2
+    cpu_min, wall_min = training.fit(
+        model, opt, len(images), batch_size, steps, epochs, 0.2, gen, losses, clock, clip=clip
     )
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(images), generator=gen)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        totals: dict[str, float] = {}
-        for step in bar:
-            idx = perm[step * batch_size : (step + 1) * batch_size]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
-            y = hflip_targets([targets[i] for i in idx.tolist()], flip, size)
-            losses = model(list(x), y)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            sched.step()
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + v.item()
-            bar.set_postfix(loss=f"{sum(totals.values()) / (step + 1):.3f}")
-        parts = "  ".join(f"{k} {v / steps:.4f}" for k, v in totals.items())
-        print(
-            f"epoch {epoch + 1}/{epochs}: {parts}  cpu {(time.process_time() - cpu0) / 60:.1f} min",
-            flush=True,
-        )
-    cpu_min = (time.process_time() - cpu0) / 60
-    wall_min = (time.time() - wall0) / 60
 
     save_weights(model, out, skip_suffix="num_batches_tracked")
     # Re-measure the file as stored, in the zoo's FrozenBatchNorm2d model, on the test split.
