@@ -27,7 +27,7 @@ from snnlite.latency import (
     latency_parts_of,
     tune_for_latency,
 )
-from snnlite.network import MaxPoolMode, SpikingNetwork
+from snnlite.network import MAX_POOL_MODES, MaxPoolMode, SpikingNetwork
 from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 
 __all__ = ["calibrate", "convert"]
@@ -46,7 +46,7 @@ def convert(
     iterations: int | None = None,
     step_size: float = 1.0,
     percentile: float = 99.9,
-    max_pool: MaxPoolMode = "gated",
+    max_pool: MaxPoolMode | None = None,
     keep_analog: Iterable[str] = (),
     group_norm: str = "refuse",
     probe_size: int = 256,
@@ -77,8 +77,13 @@ def convert(
             too much, and reusing them gives the same thresholds as fresh data would.
         step_size: the LTB step ``c`` (1 in the paper; a large one overshoots).
         percentile: for ``"robust"``.
-        max_pool: max pools on time-varying inputs: ``"gated"`` (by accumulated input; exact
-            in the limit, default) or ``"current"`` (the paper's per-step pooling).
+        max_pool: max pools on time-varying inputs: ``"gated"`` (each window passes the input
+            of its accumulated-input leader; exact in the limit), ``"cumulative"`` (each
+            window passes the increment of its largest accumulated input; exact at every
+            step) or ``"current"`` (the paper's per-step pooling). ``None`` (default):
+            ``"gated"`` for the paper's pipeline, as the book measures it, and
+            ``"cumulative"`` with ``target_timesteps``, where it pays most (see
+            :mod:`snnlite.pooling`).
         keep_analog: module or node names to keep analog instead of refusing them.
         group_norm: ``"refuse"`` or ``"freeze"``: fix each GroupNorm call's statistics,
             averaged over the first ``GROUP_NORM_BATCHES`` calibration batches, so that it
@@ -114,8 +119,8 @@ def convert(
         raise ValueError(f"granularity must be 'layer' or 'channel', got {granularity!r}")
     if iterations is not None and (isinstance(iterations, bool) or iterations <= 0):
         raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
-    if max_pool not in ("gated", "current"):
-        raise ValueError(f"max_pool must be 'gated' or 'current', got {max_pool!r}")
+    if max_pool is not None and max_pool not in MAX_POOL_MODES:
+        raise ValueError(f"max_pool must be one of {MAX_POOL_MODES} or None, got {max_pool!r}")
     parts = None
     if target_timesteps is not None:
         target_timesteps = check_target(target_timesteps)
@@ -147,6 +152,8 @@ def convert(
                       keep=keep)  # fmt: skip
     for name, site in sites.items():
         site.threshold = recipes[name].threshold().to(site.threshold.device)
+    if max_pool is None:
+        max_pool = "gated" if parts is None else "cumulative"
     snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress)
     snn.sample_shape = tuple(probe.shape[1:])
     snn.delay_estimate = snn.estimate_delay(probe[:probe_size])

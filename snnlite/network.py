@@ -3,8 +3,8 @@
 One graph, two readings. The prepared fx graph with its :class:`ActivationSite` modules *is*
 the calibrated clipped ANN (:meth:`SpikingNetwork.relux`). Simulation walks the same graph
 with a few nodes swapped for temporal twins: each site becomes an :class:`IFNeuron`, each max
-pool on a time-varying input a :class:`GatedMaxPool` (or, in the paper's form, a per-step
-pool), each node kept analog a :class:`RateAnalog`.
+pool on a time-varying input a :class:`GatedMaxPool` (or a :class:`CumulativeMaxPool`, or in
+the paper's form a per-step pool), each node kept analog a :class:`RateAnalog`.
 
 How simulation is fast and flat in memory:
 
@@ -35,13 +35,15 @@ from tqdm.auto import tqdm
 from snnlite.checks import check_delay, check_input, check_runs, check_timesteps, reference_of
 from snnlite.graph import ANALOG, activation_sites, is_site, site_name, site_nodes
 from snnlite.neurons import IFNeuron, events_per_position, synaptic_operations
-from snnlite.pooling import MAX_POOL_TYPES, GatedMaxPool
+from snnlite.pooling import MAX_POOL_TYPES, CumulativeMaxPool, GatedMaxPool
 from snnlite.synapses import Activity, fanout_maps, source_name
 
 __all__ = ["RateAnalog", "SpikingNetwork", "readout_start"]
 
 Delay = int | Literal["auto", "half"]
-MaxPoolMode = Literal["gated", "current"]
+MaxPoolMode = Literal["gated", "cumulative", "current"]
+MAX_POOL_MODES = ("gated", "cumulative", "current")
+_TIME_POOLS = (GatedMaxPool, CumulativeMaxPool)  # max pools with a state over time
 MIN_WINDOW = 4  # if T < t0 + 4, read out the last 4 steps
 CHUNK_STEPS = 16  # time steps per layer call, at most (see _tiling)
 CACHE_BYTES = 2**21  # one sample-step larger than this overflows the caches anyway
@@ -122,8 +124,8 @@ class SpikingNetwork(nn.Module):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        if max_pool not in ("gated", "current"):
-            raise ValueError(f"max_pool must be 'gated' or 'current', got {max_pool!r}")
+        if max_pool not in MAX_POOL_MODES:
+            raise ValueError(f"max_pool must be one of {MAX_POOL_MODES}, got {max_pool!r}")
         self.ann = ann
         self.max_pool = max_pool
         self.delay_estimate = delay_estimate
@@ -562,13 +564,14 @@ class _Runner:
             self.temporal[node] = module
             fanout = fanouts.get(node.name)
             neuron = isinstance(module, IFNeuron)
-            if record and (neuron or (isinstance(module, GatedMaxPool) and fanout is not None)):
+            if record and (neuron or (isinstance(module, _TIME_POOLS) and fanout is not None)):
                 self.records[node] = _SourceRecord(fanout, neuron)
         for node in self.nodes:
             if node.name in fanouts and node not in self.records:
                 raise NotImplementedError(
                     f"energy: the max pool '{node.name}' pools spike trains per step "
-                    "(max_pool='current'); its passed spikes are counted only with 'gated'"
+                    "(max_pool='current'); its passed spikes are counted only with 'gated' or "
+                    "'cumulative'"
                 )
         self.dynamic = self._time_varying()
         self.last_use = self._last_uses()
@@ -592,6 +595,8 @@ class _Runner:
         module = self.ann.get_submodule(node.target)
         if isinstance(module, MAX_POOL_TYPES) and max_pool == "gated":
             return GatedMaxPool(module)
+        if isinstance(module, MAX_POOL_TYPES) and max_pool == "cumulative":
+            return CumulativeMaxPool(module)
         return None
 
     def _time_varying(self) -> set[fx.Node]:
@@ -691,7 +696,7 @@ class _Runner:
                     value = module(static[source], steps, constant=True)
             else:
                 args, kwargs = _load(node, env, static, steps)
-                if isinstance(module, GatedMaxPool):
+                if isinstance(module, _TIME_POOLS):
                     value = module(args[0], steps)
                 elif isinstance(module, RateAnalog):
                     value = module(steps, *args, **kwargs)

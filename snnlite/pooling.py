@@ -6,6 +6,17 @@ removes the bias in the limit: at every step the window passes the current of th
 whose input summed so far is largest. That winner settles on the position with the largest
 mean, so the pooled average tends to ``max_i mean_t z_i``, what the ANN computes.
 
+Gating is still off at finite T on currents. When the leader changes at step t, the pool
+has passed the old leader's sum and now passes the new leader's current: it has passed
+``S_old(t - 1) + z_new(t)``, not the new leader's sum ``S_new(t)``, and the difference stays in
+every later readout. (On spike trains of one threshold the sums move in whole spikes, a new
+leader takes over exactly at the old sum, and the gated pool passes the largest count.) The
+error matters where the graph has moved a max pool before its neuron (Theorem 2): the pool
+then sees the currents of a layer whose input spikes, which change leader often.
+:class:`CumulativeMaxPool` is exact there too: at every step it passes the increment of the
+window's largest accumulated input, so what it has passed after any t steps is
+``max_i sum_{s<=t} z_i(s)``, the ANN's max of the means at every T, not only in the limit.
+
 The running sum over a chunk is a cumulative sum, so the whole chunk is pooled in one call.
 """
 
@@ -17,7 +28,7 @@ from torch import Tensor, nn
 
 from snnlite import kernels
 
-__all__ = ["GatedMaxPool", "pool_with_indices"]
+__all__ = ["CumulativeMaxPool", "GatedMaxPool", "pool_with_indices"]
 
 _MAX_POOLS = {
     nn.MaxPool1d: F.max_pool1d,
@@ -91,3 +102,50 @@ class GatedMaxPool(nn.Module):
         self.running_sum = sums[-1].clone()
         _, winners = pool_with_indices(self.pool, sums.reshape(x.shape))
         return gather_windows(x, winners)
+
+
+class CumulativeMaxPool(nn.Module):
+    """A max pool for inputs that vary in time, exact at every step: it passes the increment
+    of each window's largest accumulated input.
+
+    With ``S_i(t)`` the input position ``i`` has received up to step ``t`` and
+    ``M(t) = max_i S_i(t)`` (``M(0) = 0``), the output at step ``t`` is ``M(t) - M(t - 1)``.
+    The outputs of steps ``1..t`` sum to ``M(t)``: the window's largest input so far, so the
+    pooled mean over any window starting at 0 is the ANN's ``max_i mean z_i``, where the
+    gated pool (:class:`GatedMaxPool`) is off by the gap between the old and the new
+    leader's sums at each change of leader. An
+    increment can be negative (a leader's current turns negative): a current for the neuron
+    after the pool. On spike trains whose window shares one threshold (a channel-wise or
+    layer-wise site) every increment is 0 or ``theta`` (up to float rounding of the sums):
+    a spike train again, which the runner counts like the gated pool's.
+
+    Input is time-folded, (steps * N, C, ...); ``running_sum`` (N, C, ...) persists across
+    chunks until :meth:`reset`, so any chunking gives the same sums.
+    """
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(pool, MAX_POOL_TYPES):
+            raise TypeError(f"CumulativeMaxPool wraps a max pool, got {type(pool).__name__}")
+        self.pool = pool
+        self.running_sum: Tensor | None = None
+
+    def reset(self) -> None:
+        self.running_sum = None
+
+    def forward(self, x: Tensor, steps: int) -> Tensor:
+        """x: (steps * N, C, ...); returns the pooled chunk, (steps * N, C, ...)."""
+        batch = x.shape[0] // steps
+        per_step = x.reshape(steps, batch, *x.shape[1:])
+        if self.running_sum is None:
+            self.running_sum = x.new_zeros(per_step[0].shape)
+        # Summed one step after another, as a step-by-step run does (torch.cumsum may
+        # associate differently), so that any chunking gives the same sums bit for bit.
+        sums = [self.running_sum]
+        for value in per_step:
+            sums.append(sums[-1] + value)
+        sums = torch.stack(sums)  # (steps + 1, N, C, ...): input so far, from the step before
+        self.running_sum = sums[-1].clone()
+        largest = self.pool(sums.flatten(0, 1))  # M(t - 1), M(t), ...: ((steps + 1) * N, C, ...)
+        largest = largest.view(steps + 1, batch, *largest.shape[1:])
+        return (largest[1:] - largest[:-1]).flatten(0, 1)

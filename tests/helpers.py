@@ -3,7 +3,7 @@ and the rule for missing test data.
 
 The oracle is the plainest possible simulation, written independently of snnlite.neurons
 and snnlite.pooling: the clipped ANN's graph run once per time step with stateful IF
-neurons (and gated max pools) in place of its activation sites.
+neurons (and gated or cumulative max pools) in place of its activation sites.
 """
 
 from __future__ import annotations
@@ -54,19 +54,40 @@ class StepGatedPool(nn.Module):
         return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
 
 
+class StepCumulativePool(nn.Module):
+    """Max pool of the running sums, passed as its increment, one step at a time."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool, self.sum, self.largest = pool, None, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sum = x.clone() if self.sum is None else self.sum + x
+        largest = self.pool(self.sum)
+        before = torch.zeros_like(largest) if self.largest is None else self.largest
+        self.largest = largest
+        return largest - before
+
+
 def oracle(
-    snn: snnlite.SpikingNetwork, x: torch.Tensor, steps: int, gated: bool, start: int = 0
+    snn: snnlite.SpikingNetwork,
+    x: torch.Tensor,
+    steps: int,
+    gated: bool,
+    start: int = 0,
+    cumulative: bool = False,
 ) -> torch.Tensor:
     """Mean output over the steps ``start < t <= steps`` of the graph with per-step stateful
-    modules (a tensor output)."""
+    modules (a tensor output); max pools gated, cumulative or (neither) per step."""
     net = snn.relux()
     for name, site in list(net.get_submodule(SITES).named_children()):
         setattr(net.get_submodule(SITES), name, StepIF(site.threshold))
-    if gated:
+    if gated or cumulative:
+        step_pool = StepCumulativePool if cumulative else StepGatedPool
         for name, module in list(net.named_modules()):
             if isinstance(module, nn.MaxPool2d):
                 parent, _, attr = name.rpartition(".")
-                setattr(net.get_submodule(parent) if parent else net, attr, StepGatedPool(module))
+                setattr(net.get_submodule(parent) if parent else net, attr, step_pool(module))
     with torch.no_grad():
         return torch.stack([net(x) for _ in range(steps)])[start:].mean(0)
 

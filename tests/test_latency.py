@@ -127,6 +127,7 @@ def test_target_none_keeps_the_paper_pipeline(images: torch.Tensor) -> None:
     for site in activation_sites(same.ann).values():
         assert site.bias is None and site.charge is None
     assert paper.delay_estimate == same.delay_estimate
+    assert paper.max_pool == same.max_pool == "gated"  # the pool the book measures
     x = images[:8]
     torch.testing.assert_close(paper.simulate(x, 16)[16], same.simulate(x, 16)[16], rtol=0, atol=0)
 
@@ -249,6 +250,10 @@ def test_default_tuning_sets_every_part(images: torch.Tensor) -> None:
     for site in activation_sites(fast.ann).values():
         assert site.bias is None and site.charge is not None
     assert fast.delay_estimate in (0.0,)  # T = 4 leaves one candidate: the whole window
+    assert fast.max_pool == "cumulative"  # exact at every step: the low-latency default
+    explicit = snnlite.convert(_small_cnn(), calibration, iterations=30, progress=False,
+                               target_timesteps=4, tuning_size=64, max_pool="gated")  # fmt: skip
+    assert explicit.max_pool == "gated"
 
 
 def test_auto_delay_follows_the_schedule() -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from snnlite import kernels
 from snnlite.neurons import IFNeuron, integrate_and_fire, rate, relux
-from snnlite.pooling import GatedMaxPool
+from snnlite.pooling import CumulativeMaxPool, GatedMaxPool
 
 
 def run_constant(z: torch.Tensor, theta: torch.Tensor, steps: int) -> torch.Tensor:
@@ -114,6 +114,54 @@ def test_gated_pool_chunks_equal_one_run() -> None:
     first = pool(x[:7].reshape(14, 3, 6, 6), steps=7)
     second = pool(x[7:].reshape(26, 3, 6, 6), steps=13)
     assert torch.equal(whole, torch.cat([first, second]))
+
+
+def test_cumulative_pool_passes_the_largest_accumulated_input_at_every_step() -> None:
+    """What it has passed after t steps is max_i sum_{s<=t} x_i(s), for any sign of input."""
+    torch.manual_seed(3)
+    steps = 30
+    x = torch.randn(steps, 2, 3, 6, 6, dtype=torch.float64)  # (T, N, C, H, W)
+    out = CumulativeMaxPool(nn.MaxPool2d(3, 2, 1))(x.flatten(0, 1), steps=steps)
+    passed = out.view(steps, 2, 3, 3, 3).cumsum(dim=0)
+    largest = F.max_pool2d(x.cumsum(dim=0).flatten(0, 1), 3, 2, 1).view_as(passed)
+    assert torch.allclose(passed, largest, rtol=0, atol=1e-12)
+
+
+def test_cumulative_pool_is_exact_when_the_leader_changes() -> None:
+    """Currents: a leads with 2, b overtakes with 1.5 + 1.5. The gated pool has passed a's 2
+    and then b's 1.5 (3.5); the cumulative pool passes b's sum, 3, the ANN's max."""
+    a = torch.tensor([2.0, 0.0, 0.0])
+    b = torch.tensor([0.0, 1.5, 1.5])
+    x = torch.stack([a, b], dim=-1).view(3, 1, 1, 2)  # (T * N, C, H, W)
+    cumulative = CumulativeMaxPool(nn.MaxPool2d((1, 2)))(x, steps=3)
+    gated = GatedMaxPool(nn.MaxPool2d((1, 2)))(x, steps=3, backend="torch")
+    assert cumulative.sum().item() == 3.0
+    assert gated.sum().item() == 3.5
+
+
+def test_cumulative_pool_passes_spikes_of_one_threshold_as_spikes() -> None:
+    torch.manual_seed(4)
+    theta = 0.37
+    x = (torch.rand(64, 1, 2, 4, 4) < 0.3).float() * theta  # (T, N, C, H, W) spike trains
+    out = CumulativeMaxPool(nn.MaxPool2d(2))(x.flatten(0, 1), steps=64)
+    fired = out != 0
+    assert torch.allclose(out[fired], torch.full_like(out[fired], theta), rtol=1e-5)
+    counts = (x > 0).sum(dim=0).float()  # (N, C, H, W): spikes per position
+    assert torch.equal(fired.view(64, 1, 2, 2, 2).sum(dim=0).float(), F.max_pool2d(counts, 2))
+
+
+def test_cumulative_pool_chunks_equal_one_run_and_constant_input_is_the_max_pool() -> None:
+    torch.manual_seed(2)
+    x = torch.rand(20, 2, 3, 6, 6)
+    whole = CumulativeMaxPool(nn.MaxPool2d(3, 2, 1))(x.reshape(40, 3, 6, 6), steps=20)
+    pool = CumulativeMaxPool(nn.MaxPool2d(3, 2, 1))
+    first = pool(x[:7].reshape(14, 3, 6, 6), steps=7)
+    second = pool(x[7:].reshape(26, 3, 6, 6), steps=13)
+    assert torch.equal(whole, torch.cat([first, second]))
+    constant = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    out = CumulativeMaxPool(nn.MaxPool2d(2))(constant.repeat(5, 1, 1, 1), steps=5)
+    expected = F.max_pool2d(constant, 2).expand(5, -1, -1, -1, -1)
+    assert torch.allclose(out.view(5, 2, 3, 4, 4), expected, rtol=1e-12, atol=0)
 
 
 # --- the fused CPU kernels compute exactly what the torch reference computes ---------------

@@ -246,7 +246,7 @@ def build(spec: Spec) -> tuple[nn.Module, list[torch.Tensor], torch.Tensor]:
     spec=specs(),
     method=st.sampled_from(["ltb", "max", "robust"]),
     granularity=st.sampled_from(["layer", "channel"]),
-    max_pool=st.sampled_from(["gated", "current"]),
+    max_pool=st.sampled_from(["gated", "cumulative", "current"]),
     timesteps=st.lists(st.integers(1, 14), min_size=1, max_size=3),
     delay=st.integers(0, 6),
     chunk_size=st.sampled_from([None, 1, 3, 5]),
@@ -271,7 +271,8 @@ def test_simulate_equals_the_step_by_step_oracle(
     event(f"max pools on time-varying inputs: {sorted(set(pools)) or 'none'}")
     for T in set(timesteps):
         start = snnlite.network.readout_start(T, delay)
-        reference = oracle(snn, x, T, gated=max_pool == "gated", start=start)
+        reference = oracle(snn, x, T, gated=max_pool == "gated", start=start,
+                           cumulative=max_pool == "cumulative")  # fmt: skip
         assert ours[T].dtype == torch.float64
         torch.testing.assert_close(ours[T], reference, rtol=1e-7, atol=1e-9)
 

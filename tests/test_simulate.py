@@ -158,9 +158,9 @@ class VGGStyle(nn.Module):
         return self.head(self.features(x))
 
 
-@pytest.mark.parametrize("max_pool", ["gated", "current"])
+@pytest.mark.parametrize("max_pool", ["gated", "cumulative", "current"])
 def test_simulate_equals_a_step_by_step_oracle(photo_crops, max_pool) -> None:
-    """In float64, chunked simulation equals the plainest per-step loop (both pool forms)."""
+    """In float64, chunked simulation equals the plainest per-step loop (every pool form)."""
     from tests.conftest import with_data_statistics
 
     torch.manual_seed(0)
@@ -171,7 +171,8 @@ def test_simulate_equals_a_step_by_step_oracle(photo_crops, max_pool) -> None:
     x = images[32:36]
     ours = snn.simulate(x, [7, 30], delay=0, chunk_size=8)
     for T in (7, 30):
-        reference = oracle(snn, x, T, gated=max_pool == "gated")
+        reference = oracle(snn, x, T, gated=max_pool == "gated",
+                           cumulative=max_pool == "cumulative")  # fmt: skip
         assert torch.allclose(ours[T].double(), reference, rtol=1e-5, atol=1e-6)
 
 

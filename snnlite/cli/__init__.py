@@ -144,9 +144,10 @@ def _conversion_flags() -> argparse.ArgumentParser:
         "potentials, readout delay; book chapter 9); default: the paper's network",
     )  # fmt: skip
     group.add_argument(
-        "--max-pool", choices=("gated", "current"), default="gated",
-        help="max pools on spikes: gated by accumulated input (default) or per step (the "
-        "paper's form)",
+        "--max-pool", choices=("gated", "cumulative", "current"), default=None,
+        help="max pools on time-varying inputs: gated by accumulated input, the increment "
+        "of the largest accumulated input (cumulative), or per step (the paper's form); "
+        "default: gated, cumulative with --target-timesteps",
     )  # fmt: skip
     group = flags.add_argument_group("running")
     group.add_argument(

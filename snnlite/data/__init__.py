@@ -10,6 +10,7 @@ from snnlite.data.fashion import (
     FASHION_MNIST_STD,
     DatasetNotFoundError,
     fashion_mnist,
+    fashion_mnist_benchmark,
     fashion_mnist_tensors,
 )
 from snnlite.data.photos import (
@@ -41,6 +42,7 @@ __all__ = [
     "augmented_crops",
     "collate_detection",
     "fashion_mnist",
+    "fashion_mnist_benchmark",
     "fashion_mnist_tensors",
     "imagenet_batch",
     "imagenet_transform",

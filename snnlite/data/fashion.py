@@ -162,3 +162,16 @@ def fashion_mnist_tensors(
         images.sub_(FASHION_MNIST_MEAN[0]).div_(FASHION_MNIST_STD[0])
     labels = ds.targets.to(torch.int64)  # (N,)
     return images, labels
+
+
+def fashion_mnist_benchmark(
+    images: int, calibration_batches: int, calibration_batch: int
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The zoo tables' data: the first ``images`` test images (N, 1, 28, 28) with their
+    labels (N,), and the first ``calibration_batches * calibration_batch`` training images
+    cut into calibration batches, in order (the tuning takes the first of them)."""
+    x, y = fashion_mnist_tensors("test")
+    train, _ = fashion_mnist_tensors("train")
+    size = calibration_batch
+    calibration = [train[i * size : (i + 1) * size] for i in range(calibration_batches)]
+    return x[:images], y[:images], calibration

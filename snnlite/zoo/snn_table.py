@@ -18,7 +18,7 @@ import time
 import torch
 
 import snnlite
-from snnlite.data import fashion_mnist_tensors
+from snnlite.data import fashion_mnist_benchmark
 from snnlite.metrics import accuracy_curve, ann_accuracy
 from snnlite.zoo.registry import load, write_result
 
@@ -36,15 +36,11 @@ def measure(
     batch_size: int,
 ) -> dict:  # fmt: skip
     model = load(model_name)
-    x, y = fashion_mnist_tensors("test")
-    x, y = x[:images], y[:images]
-    train, _ = fashion_mnist_tensors("train")
-    size = calibration_batch
-    calibration = [train[i * size : (i + 1) * size] for i in range(calibration_batches)]
+    x, y, calibration = fashion_mnist_benchmark(images, calibration_batches, calibration_batch)
     table = {
         "model": model_name,
         "test_images": len(x),
-        "calibration": f"{calibration_batches} batches of {size} training images "
+        "calibration": f"{calibration_batches} batches of {calibration_batch} training images "
         f"({calibration_batches} LTB updates)",
         "delay": "auto",
         "timesteps": list(TIMESTEPS),
