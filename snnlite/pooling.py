@@ -67,7 +67,21 @@ def gather_windows(x: Tensor, indices: Tensor) -> Tensor:
     return picked.view(indices.shape)
 
 
-class GatedMaxPool(nn.Module):
+class _PoolInTime(nn.Module):
+    """A max-pool module with a running sum of its input per position, kept across chunks."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(pool, MAX_POOL_TYPES):
+            raise TypeError(f"{type(self).__name__} wraps a max pool, got {type(pool).__name__}")
+        self.pool = pool
+        self.running_sum: Tensor | None = None  # (N, C, ...): the input so far
+
+    def reset(self) -> None:
+        self.running_sum = None
+
+
+class GatedMaxPool(_PoolInTime):
     """A max pool for inputs that vary in time: each window passes its accumulated-input winner.
 
     Input is time-folded, (steps * N, C, ...). ``running_sum`` (N, C, ...) persists across
@@ -75,16 +89,6 @@ class GatedMaxPool(nn.Module):
     spikes pass depends on the data); like the IF neuron it records nothing: the network's
     runner counts its nonzero outputs.
     """
-
-    def __init__(self, pool: nn.Module) -> None:
-        super().__init__()
-        if not isinstance(pool, MAX_POOL_TYPES):
-            raise TypeError(f"GatedMaxPool wraps a max pool, got {type(pool).__name__}")
-        self.pool = pool
-        self.running_sum: Tensor | None = None
-
-    def reset(self) -> None:
-        self.running_sum = None
 
     def forward(self, x: Tensor, steps: int, backend: str = "auto") -> Tensor:
         """x: (steps * N, C, ...); returns the pooled chunk, (steps * N, C, ...)."""
@@ -104,7 +108,7 @@ class GatedMaxPool(nn.Module):
         return gather_windows(x, winners)
 
 
-class CumulativeMaxPool(nn.Module):
+class CumulativeMaxPool(_PoolInTime):
     """A max pool for inputs that vary in time, exact at every step: it passes the increment
     of each window's largest accumulated input.
 
@@ -122,16 +126,6 @@ class CumulativeMaxPool(nn.Module):
     Input is time-folded, (steps * N, C, ...); ``running_sum`` (N, C, ...) persists across
     chunks until :meth:`reset`, so any chunking gives the same sums.
     """
-
-    def __init__(self, pool: nn.Module) -> None:
-        super().__init__()
-        if not isinstance(pool, MAX_POOL_TYPES):
-            raise TypeError(f"CumulativeMaxPool wraps a max pool, got {type(pool).__name__}")
-        self.pool = pool
-        self.running_sum: Tensor | None = None
-
-    def reset(self) -> None:
-        self.running_sum = None
 
     def forward(self, x: Tensor, steps: int) -> Tensor:
         """x: (steps * N, C, ...); returns the pooled chunk, (steps * N, C, ...)."""

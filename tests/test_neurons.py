@@ -106,11 +106,12 @@ def test_gated_pool_average_tends_to_max_of_means_while_per_step_pool_is_biased(
     assert per_step.mean().item() == 1.0
 
 
-def test_gated_pool_chunks_equal_one_run() -> None:
+@pytest.mark.parametrize("kind", [GatedMaxPool, CumulativeMaxPool])
+def test_pools_in_time_chunks_equal_one_run(kind: type) -> None:
     torch.manual_seed(2)
     x = torch.rand(20, 2, 3, 6, 6)
-    whole = GatedMaxPool(nn.MaxPool2d(3, 2, 1))(x.reshape(40, 3, 6, 6), steps=20)
-    pool = GatedMaxPool(nn.MaxPool2d(3, 2, 1))
+    whole = kind(nn.MaxPool2d(3, 2, 1))(x.reshape(40, 3, 6, 6), steps=20)
+    pool = kind(nn.MaxPool2d(3, 2, 1))
     first = pool(x[:7].reshape(14, 3, 6, 6), steps=7)
     second = pool(x[7:].reshape(26, 3, 6, 6), steps=13)
     assert torch.equal(whole, torch.cat([first, second]))
@@ -150,14 +151,7 @@ def test_cumulative_pool_passes_spikes_of_one_threshold_as_spikes() -> None:
     assert torch.equal(fired.view(64, 1, 2, 2, 2).sum(dim=0).float(), F.max_pool2d(counts, 2))
 
 
-def test_cumulative_pool_chunks_equal_one_run_and_constant_input_is_the_max_pool() -> None:
-    torch.manual_seed(2)
-    x = torch.rand(20, 2, 3, 6, 6)
-    whole = CumulativeMaxPool(nn.MaxPool2d(3, 2, 1))(x.reshape(40, 3, 6, 6), steps=20)
-    pool = CumulativeMaxPool(nn.MaxPool2d(3, 2, 1))
-    first = pool(x[:7].reshape(14, 3, 6, 6), steps=7)
-    second = pool(x[7:].reshape(26, 3, 6, 6), steps=13)
-    assert torch.equal(whole, torch.cat([first, second]))
+def test_cumulative_pool_on_constant_input_is_the_max_pool() -> None:
     constant = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     out = CumulativeMaxPool(nn.MaxPool2d(2))(constant.repeat(5, 1, 1, 1), steps=5)
     expected = F.max_pool2d(constant, 2).expand(5, -1, -1, -1, -1)
