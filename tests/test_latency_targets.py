@@ -23,6 +23,12 @@ from snnlite.zoo import RESULTS_DIR
 from tests.conftest import _zoo_snn
 
 GAP_AT_8 = 0.025  # the target: at most 2.5 points below the ANN at T = 8
+# The targets (points below the ANN, each target's network at its own T) that each
+# stored table meets; the ResNet's T = 16 (0.70 on 2000 images) is still open.
+MET_TARGETS = {
+    "fmnist_vgg": {"8": 0.025, "16": 0.005, "64": 0.003},
+    "fmnist_resnet": {"8": 0.025, "64": 0.003},
+}
 TUNING_IMAGES = 512  # what convert(target_timesteps=...) tunes on by default
 
 
@@ -59,13 +65,17 @@ def test_stored_latency_tables_are_complete(name: str) -> None:
     assert table["command"].startswith("python -m snnlite.zoo.latency_table")
     steps = {str(T) for T in table["timesteps"]}
     entries = [table["paper"], *[e for t in table["targets"].values() for e in t.values()]]
+    if "paper_cumulative_pool" in table:  # the pool's share alone (tables since the pool)
+        entries.append(table["paper_cumulative_pool"])
+        assert table["max_pool"] == {"paper": "gated", "targets": "cumulative"}
     for entry in entries:
         assert set(entry["accuracy"]) == steps == set(entry["sops_per_image"])
     for target, by_label in table["targets"].items():
         accuracy = by_label["default"]["accuracy"][target]
         assert accuracy >= table["paper"]["accuracy"][target], (target, accuracy)
-    at_8 = table["targets"]["8"]["default"]["accuracy"]["8"]
-    assert table["ann_accuracy"] - at_8 <= GAP_AT_8
+    for target, gap in MET_TARGETS[name].items():
+        accuracy = table["targets"][target]["default"]["accuracy"][target]
+        assert table["ann_accuracy"] - accuracy <= gap + 1e-9, (target, accuracy)
 
 
 def test_stored_scene_latency_result_beats_the_paper_network_at_its_target() -> None:
