@@ -64,6 +64,9 @@ TINY: dict[str, dict[str, Any]] = {
     "05_classification": {"calibration_images": 40, "n_test": 8, "T_values": [8, 16],
                           "n_photos": 1, "photo_size": 32, "photo_calibration": 8,
                           "photo_updates": 10, "photo_T": [8, 16], "own_train_images": 200},
+    "06_low_latency": {"calibration_images": 40, "updates": 20, "tuning_size": 16,
+                       "n_test": 16, "T_values": [4, 8], "targets": [4],
+                       "values_per_channel": 256},
     "07_segmentation": {"models": ["scenes_fcn"], "test_scenes": 2, "calibration_scenes": 8,
                         "calibration_batch": 4, "ltb_updates": 10, "timesteps": [16, 32],
                         "grid_scenes": 1},
@@ -72,9 +75,6 @@ TINY: dict[str, dict[str, Any]] = {
                      "grid_scenes": 1},
     "09_energy": {"model_names": ["fmnist_vgg"], "calibration_images": 40, "updates": 20,
                   "n_test": 8, "T_values": [2, 4, 8]},
-    "06_low_latency": {"calibration_images": 40, "updates": 20, "tuning_size": 16,
-                       "n_test": 16, "T_values": [4, 8], "targets": [4],
-                       "values_per_channel": 256},
 }  # fmt: skip
 
 SERVER_START_S = 90  # JupyterLab answers /api/status
