@@ -5,7 +5,7 @@ parameters, cell by cell, exactly as a reader runs it. After each ``widgets.inte
 every control of that widget is moved, in the kernel, the way a browser moves it (its
 ``value`` changes and the widget's observer calls the chapter's function): one step, to its
 maximum, to its minimum and back for sliders; every option for drop-downs and selection
-sliders; each other option added, then back, for a multiple selection (chapter 9's parts);
+sliders; each other option added, then back, for a multiple selection (chapter 6's parts);
 both states for check boxes. A move that would leave the control where it is (a slider that
 starts at its maximum, a one-option list) is left out: every timed move is a redraw. Each
 move is timed until the new figure (or table) has been drawn and sent, so the number is the
@@ -91,7 +91,7 @@ def _moves(control: Any) -> list[tuple[str, Any]]:
 
     default = control.value
     kind = type(control).__name__
-    if kind == "SelectMultiple":  # chapter 9's parts: each other option added, then back
+    if kind == "SelectMultiple":  # chapter 6's parts: each other option added, then back
         start, labels = tuple(control.index), control._options_labels
         others = [i for i in range(len(labels)) if i not in start]
         moves = [(f"+ {labels[i]}", setter("index", (*start, i))) for i in others]
@@ -99,7 +99,7 @@ def _moves(control: Any) -> list[tuple[str, Any]]:
     if hasattr(control, "index") and hasattr(control, "_options_labels"):  # selections
         start, labels = control.index, control._options_labels
         others = [i for i in range(len(labels)) if i != start]
-        if not others:  # a one-option list (chapter 9's target T at its defaults) cannot move
+        if not others:  # a one-option list (chapter 6's target T at its defaults) cannot move
             return []
         moves = [(f"-> {labels[i]}", setter("index", i)) for i in others]
         return moves + [(f"-> {labels[start]}", setter("index", start))]
@@ -114,7 +114,7 @@ def _moves(control: Any) -> list[tuple[str, Any]]:
     else:  # IntSlider, FloatSlider
         up = min(default + control.step, control.max)
         targets = [up if up != default else default - control.step, control.max, control.min]
-    # A move to where the slider already is redraws nothing (chapter 8's T starts at its
+    # A move to where the slider already is redraws nothing (chapter 9's T starts at its
     # maximum): left out, so that every timed move is a redraw.
     moves, value = [], default
     for target in [*targets, default]:
@@ -196,7 +196,7 @@ def bench_chapter(name: str) -> dict[str, Any]:
                     out = run(kc, code, shown=shown)
                     records += json.loads(out.strip().splitlines()[-1])
         setup = time.perf_counter() - start - sum(r["seconds"] for r in records)
-    # Every move redraws: as many displays as moves (a figure, or chapter 8's table).
+    # Every move redraws: as many displays as moves (a figure, or chapter 9's table).
     return {"chapter": name, "run_seconds": setup, "moves": records, "displays": len(shown),
             "load_average": round(os.getloadavg()[0], 2)}  # fmt: skip
 

@@ -12,7 +12,7 @@ then replace the call by the fixed per-channel affine ``y = (x - m_g) / sqrt(s_g
 gamma_c + beta_c``. That is what BatchNorm does with running statistics, so after freezing the
 layer is linear per step and the SNN computes it exactly. The price is paid on the ANN side,
 once: samples whose statistics differ from the average are normalised slightly differently.
-Measure it with ``relux()`` against the original model (chapter 7 of the book does).
+Measure it with ``relux()`` against the original model (chapter 8 of the book does).
 
 Each *call* gets its own statistics: torchvision's FCOS head applies one GroupNorm module to
 all five FPN levels, whose activation scales differ. Under a process group the sums are

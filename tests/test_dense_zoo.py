@@ -38,7 +38,7 @@ def test_segmentation_snn_reaches_its_ann(name, scenes):
     x, masks = scenes["images"], scenes["semantic"].long()
     ann = metrics.ann_miou(model, x, masks, NUM_CLASSES)
     relux = metrics.ann_miou(snn.relux(), x, masks, NUM_CLASSES)
-    kept: dict = {}  # what chapter 6's widget shows: the scored label maps
+    kept: dict = {}  # what chapter 7's widget shows: the scored label maps
     curve = metrics.miou_curve(snn, x, masks, NUM_CLASSES, [32, 256], progress=False,
                                predictions=kept)  # fmt: skip
     assert metrics.mean_iou(kept[(256, "auto")], masks, NUM_CLASSES) == curve[256]
@@ -59,7 +59,7 @@ def test_detection_snn_reaches_its_ann(name, scenes):
     images, targets = list(scenes["images"]), scenes["targets"]
     ann = metrics.ann_map(model, images, targets)["map"]
     relux = metrics.detection_map(detector.ann(images), targets)["map"]
-    kept: dict = {}  # what chapter 7's widget shows: the scored detections
+    kept: dict = {}  # what chapter 8's widget shows: the scored detections
     curve = metrics.map_curve(detector, images, targets, [32, 256], progress=False,
                               predictions=kept)  # fmt: skip
     assert len(kept[(256, "auto")]) == len(images)

@@ -3,7 +3,7 @@
 A JupyterLab server (the ``lab`` extra) is started headless on a free port with a token, on a
 temporary copy of the chapters, and driven by Playwright with Debian's ``chromium`` (no
 browser download). For each chapter with an ``interact`` widget the test opens the notebook,
-runs all cells, drags the first widget's first slider with the mouse (chapter 9's widget has
+runs all cells, drags the first widget's first slider with the mouse (chapter 6's widget has
 none: it picks one more option in its list of parts), and checks that
 
 - the control moved and the figure was redrawn (the PNG's bytes differ),
@@ -64,23 +64,23 @@ TINY: dict[str, dict[str, Any]] = {
     "05_classification": {"calibration_images": 40, "n_test": 8, "T_values": [8, 16],
                           "n_photos": 1, "photo_size": 32, "photo_calibration": 8,
                           "photo_updates": 10, "photo_T": [8, 16], "own_train_images": 200},
-    "06_segmentation": {"models": ["scenes_fcn"], "test_scenes": 2, "calibration_scenes": 8,
-                        "calibration_batch": 4, "ltb_updates": 10, "timesteps": [16, 32],
-                        "grid_scenes": 1},
-    "07_detection": {"models": ["scenes_retinanet"], "test_scenes": 2, "calibration_scenes": 8,
-                     "calibration_batch": 4, "ltb_updates": 10, "timesteps": [16, 64],
-                     "grid_scenes": 1},
-    "08_energy": {"model_names": ["fmnist_vgg"], "calibration_images": 40, "updates": 20,
-                  "n_test": 8, "T_values": [2, 4, 8]},
-    "09_low_latency": {"calibration_images": 40, "updates": 20, "tuning_size": 16,
+    "06_low_latency": {"calibration_images": 40, "updates": 20, "tuning_size": 16,
                        "n_test": 16, "T_values": [4, 8], "targets": [4],
                        "values_per_channel": 256},
+    "07_segmentation": {"models": ["scenes_fcn"], "test_scenes": 2, "calibration_scenes": 8,
+                        "calibration_batch": 4, "ltb_updates": 10, "timesteps": [16, 32],
+                        "grid_scenes": 1},
+    "08_detection": {"models": ["scenes_retinanet"], "test_scenes": 2, "calibration_scenes": 8,
+                     "calibration_batch": 4, "ltb_updates": 10, "timesteps": [16, 64],
+                     "grid_scenes": 1},
+    "09_energy": {"model_names": ["fmnist_vgg"], "calibration_images": 40, "updates": 20,
+                  "n_test": 8, "T_values": [2, 4, 8]},
 }  # fmt: skip
 
 SERVER_START_S = 90  # JupyterLab answers /api/status
 KERNEL_READY_S = 90  # the notebook's kernel is started and idle
 RUN_ALL_S = 480  # every cell of one chapter (tiny parameters; chapter 1 at its defaults);
-# about 1-4 min on 2 busy cores (chapter 9 the longest); 300 s ran out for chapter 2 once,
+# about 1-4 min on 2 busy cores (chapter 6 the longest); 300 s ran out for chapter 2 once,
 # with its 2 cores shared by four other heavy jobs
 REDRAW_S = 60  # the figure after a slider move (a hang, not slowness: see bench/)
 SETTLE_S = 30  # widgets rendered, kernel idle again
@@ -347,7 +347,7 @@ def move_a_control(page: Any, box: Any) -> str:
 
     The first slider is dragged with the mouse, 60% of its track toward the far end (60%
     reaches another position even on a two-option selection slider; the handle stops at the
-    end of the track). A widget without a slider (chapter 9's: a drop-down and a list of
+    end of the track). A widget without a slider (chapter 6's: a drop-down and a list of
     parts) gets one more option picked in its first list that has a choice left.
     """
     sliders = box.locator(".widget-slider")

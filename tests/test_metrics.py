@@ -119,7 +119,7 @@ def test_detection_map_rejects_mismatched_lists() -> None:
 
 
 def test_miou_curve_hands_over_the_label_maps_it_scored(photo_crops) -> None:
-    """``predictions=`` receives {(T, delay): labels}: what chapter 6's widget shows, no rerun."""
+    """``predictions=`` receives {(T, delay): labels}: what chapter 7's widget shows, no rerun."""
     import snnlite
     from snnlite import metrics
 

@@ -1,7 +1,7 @@
-"""Chapter 8 (energy): run the notebook with its CI parameters and check the numbers it claims.
+"""Chapter 9 (energy): run the notebook with its CI parameters and check the numbers it claims.
 
 The notebook runs once (the ``run_notebook`` fixture of conftest.py: papermill, into a
-temporary folder); every test reads the flat ``08_energy.json`` it wrote. The checks are known
+temporary folder); every test reads the flat ``09_energy.json`` it wrote. The checks are known
 values (the paper's arithmetic, fan-outs of a padded 3x3 convolution, FPS/W = 1 / joules),
 equivalences (events counted by re-running the first neurons = events recorded in the
 simulation) and bounds (SOPs grow with T, the SNN beats the ANN per watt, accuracy at the
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-NAME = "08_energy"
+NAME = "09_energy"
 BOOK_RESULTS = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "book"
 E_SOP, E_MAC = 77e-15, 12.5e-12  # the paper's constants, joules per SOP / per MAC
 

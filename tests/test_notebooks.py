@@ -198,70 +198,13 @@ def test_05_classification(run_notebook) -> None:
     claims_05_classification(r, PARAMS["ci"]["05_classification"])
 
 
-def claims_06_segmentation(r: dict, p: dict) -> None:
-    T = max(p["timesteps"])
-    for prefix in ("", "deeplabv3_"):
-        # 24 scenes at CI size: the SNN within 3 points of its clipped ANN at the largest T,
-        # clipping (200 LTB updates at CI size) within 5 points of the ANN, better late than
-        # early.
-        assert abs(r[f"{prefix}snn_miou_T{T}"] - r[f"{prefix}relux_miou"]) < 0.03
-        assert abs(r[f"{prefix}relux_miou"] - r[f"{prefix}ann_miou"]) < 0.05
-        assert r[f"{prefix}snn_miou_T{T}"] > r[f"{prefix}snn_miou_T16"]
-
-
-def test_06_segmentation(run_notebook) -> None:
-    r = run_notebook("06_segmentation")
+def test_06_low_latency(run_notebook) -> None:
+    r = run_notebook("06_low_latency")
     _check_keys(r)
-    claims_06_segmentation(r, PARAMS["ci"]["06_segmentation"])
+    claims_06_low_latency(r, PARAMS["ci"]["06_low_latency"])
 
 
-def claims_07_detection(r: dict, p: dict) -> None:
-    T = max(p["timesteps"])
-    for prefix in ("", "fcos_"):
-        assert r[f"{prefix}snn_map_T{T}"] > 0.85 * r[f"{prefix}ann_map"]
-        assert r[f"{prefix}snn_map_T{T}"] > r[f"{prefix}snn_map_T16"]
-        assert r[f"{prefix}iou50_snn_map_T{T}"] >= r[f"{prefix}snn_map_T{T}"]
-    # Freezing GroupNorm's statistics costs the ANN little.
-    assert r["fcos_frozen_group_norm_ann_map"] > r["fcos_ann_map"] - 0.05
-
-
-def test_07_detection(run_notebook) -> None:
-    r = run_notebook("07_detection")
-    _check_keys(r)
-    claims_07_detection(r, PARAMS["ci"]["07_detection"])
-
-
-def claims_deviations(r: dict, p: dict) -> None:
-    T = max(p["T_values"])
-    assert r[f"gated_minus_current_T{T}"] > 0  # gating beats the paper's per-step pooling
-    # The estimated delay does not lose to having no delay at the shortest T.
-    assert r["delay_auto_minus_none_Tmin"] >= 0
-
-
-def test_deviations(run_notebook) -> None:
-    r = run_notebook("deviations")
-    _check_keys(r)
-    claims_deviations(r, PARAMS["ci"]["deviations"])
-
-
-@pytest.mark.parametrize("name", [n for n in NOTEBOOK_PAGES if n != "08_energy"])
-def test_claims_hold_at_book_parameters(name: str) -> None:
-    """The prose's claims, checked on the numbers of the last `make book` as well."""
-    path = NOTEBOOKS / "results" / "book" / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"no book results at {path}: run `make book` first")
-    r = json.loads(path.read_text())
-    _check_keys(r)
-    globals()[f"claims_{name}"](r, PARAMS["book"][name])
-
-
-def test_09_low_latency(run_notebook) -> None:
-    r = run_notebook("09_low_latency")
-    _check_keys(r)
-    claims_09_low_latency(r, PARAMS["ci"]["09_low_latency"])
-
-
-def claims_09_low_latency(r: dict, p: dict) -> None:
+def claims_06_low_latency(r: dict, p: dict) -> None:
     Ts, error_T, target = p["T_values"], p["error_T"], p["targets"][0]
     T0, T_max = min(Ts), max(Ts)
 
@@ -342,6 +285,63 @@ def claims_09_low_latency(r: dict, p: dict) -> None:
             assert r[f"default_{level}_T"] <= r[f"paper_{level}_T"], level
             if r[f"default_{level}_T"] < r[f"paper_{level}_T"]:
                 assert r[f"default_{level}"] < r[f"paper_{level}"], level
+
+
+def claims_07_segmentation(r: dict, p: dict) -> None:
+    T = max(p["timesteps"])
+    for prefix in ("", "deeplabv3_"):
+        # 24 scenes at CI size: the SNN within 3 points of its clipped ANN at the largest T,
+        # clipping (200 LTB updates at CI size) within 5 points of the ANN, better late than
+        # early.
+        assert abs(r[f"{prefix}snn_miou_T{T}"] - r[f"{prefix}relux_miou"]) < 0.03
+        assert abs(r[f"{prefix}relux_miou"] - r[f"{prefix}ann_miou"]) < 0.05
+        assert r[f"{prefix}snn_miou_T{T}"] > r[f"{prefix}snn_miou_T16"]
+
+
+def test_07_segmentation(run_notebook) -> None:
+    r = run_notebook("07_segmentation")
+    _check_keys(r)
+    claims_07_segmentation(r, PARAMS["ci"]["07_segmentation"])
+
+
+def claims_08_detection(r: dict, p: dict) -> None:
+    T = max(p["timesteps"])
+    for prefix in ("", "fcos_"):
+        assert r[f"{prefix}snn_map_T{T}"] > 0.85 * r[f"{prefix}ann_map"]
+        assert r[f"{prefix}snn_map_T{T}"] > r[f"{prefix}snn_map_T16"]
+        assert r[f"{prefix}iou50_snn_map_T{T}"] >= r[f"{prefix}snn_map_T{T}"]
+    # Freezing GroupNorm's statistics costs the ANN little.
+    assert r["fcos_frozen_group_norm_ann_map"] > r["fcos_ann_map"] - 0.05
+
+
+def test_08_detection(run_notebook) -> None:
+    r = run_notebook("08_detection")
+    _check_keys(r)
+    claims_08_detection(r, PARAMS["ci"]["08_detection"])
+
+
+def claims_deviations(r: dict, p: dict) -> None:
+    T = max(p["T_values"])
+    assert r[f"gated_minus_current_T{T}"] > 0  # gating beats the paper's per-step pooling
+    # The estimated delay does not lose to having no delay at the shortest T.
+    assert r["delay_auto_minus_none_Tmin"] >= 0
+
+
+def test_deviations(run_notebook) -> None:
+    r = run_notebook("deviations")
+    _check_keys(r)
+    claims_deviations(r, PARAMS["ci"]["deviations"])
+
+
+@pytest.mark.parametrize("name", [n for n in NOTEBOOK_PAGES if n != "09_energy"])
+def test_claims_hold_at_book_parameters(name: str) -> None:
+    """The prose's claims, checked on the numbers of the last `make book` as well."""
+    path = NOTEBOOKS / "results" / "book" / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"no book results at {path}: run `make book` first")
+    r = json.loads(path.read_text())
+    _check_keys(r)
+    globals()[f"claims_{name}"](r, PARAMS["book"][name])
 
 
 def test_widget_cells_record_outputs_without_messaging_the_kernel(tmp_path) -> None:

@@ -18,7 +18,7 @@ def headless_widgets() -> None:
     it). To keep the kernel's copy in step, the mimic also sends every update back on the
     kernel's shell socket, while nbclient is waiting for the cell's reply on that same socket;
     now and then the reply's wake-up is lost and both sides wait forever (jupyter/nbclient#312;
-    seen here in chapter 1's and chapter 8's widget cells, kernel and client idle). Nothing
+    seen here in chapter 1's and chapter 9's widget cells, kernel and client idle). Nothing
     reads the kernel's copy back in a headless run, so after this call the mimic keeps
     recording and stops sending. Call it in the process that runs nbclient, before it runs.
     """

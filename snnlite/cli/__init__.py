@@ -141,7 +141,7 @@ def _conversion_flags() -> argparse.ArgumentParser:
     group.add_argument(
         "--target-timesteps", type=_positive, metavar="T",
         help="tune the network for this latency, still without training (thresholds, initial "
-        "potentials, readout delay; book chapter 9); default: the paper's network",
+        "potentials, readout delay; book chapter 6); default: the paper's network",
     )  # fmt: skip
     group.add_argument(
         "--max-pool", choices=("gated", "cumulative", "current"), default=None,

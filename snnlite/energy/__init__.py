@@ -1,6 +1,6 @@
 """Energy accounting: ANN multiply-accumulates, SNN synaptic operations, SOP90/95, FPS/W.
 
-What is counted (book chapter 8), per image:
+What is counted (book chapter 9), per image:
 
 * **ANN cost**: multiply-accumulates (MACs) of every conv / linear layer, measured with
   ``torch.utils.flop_counter`` (FLOPs / 2; the paper calls one MAC a "FLOP").
