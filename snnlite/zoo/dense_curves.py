@@ -9,6 +9,8 @@ calibrated with local threshold balancing (channel thresholds, the default 600 u
 training scenes, then evaluated on the first ``--images`` test scenes of the zoo's test split
 at T = 16 ... 512, with the readout delay ``"auto"`` and ``"half"`` read from the same
 simulation (one per batch). The ANN metric (original and clipped) is measured on the same scenes.
+The conversion and the scoring are :mod:`snnlite.zoo.scene_eval`'s, which ``snnlite convert``
+runs too (``snnlite convert --model zoo:scenes_fcn --data fashion-scenes``).
 With ``--target-timesteps T`` the network is tuned for T after calibration
 (:mod:`snnlite.latency`, the default parts) and the result is stored under ``"t<T>"`` in
 ``<model>_latency.json`` beside the paper pipeline's ``<model>.json``.
@@ -27,11 +29,14 @@ import time
 
 import torch
 
-import snnlite
-from snnlite import energy, metrics
-from snnlite.detection import DetectorNetwork, convert_detector, transformed_batch
+from snnlite import energy
 from snnlite.zoo.registry import RESULTS_DIR, info, list_models, load, snn_accuracy
-from snnlite.zoo.scene_eval import NUM_CLASSES, TRAIN_SCENES, load_scenes
+from snnlite.zoo.scene_eval import (
+    TRAIN_SCENES,
+    convert_scene_model,
+    load_scenes,
+    score_scene_model,
+)
 
 TIMESTEPS = (16, 32, 64, 128, 256, 512)
 DELAYS = ("auto", "half")
@@ -69,37 +74,20 @@ def measure(
         f"batches of {calibration_batch}",
         "timesteps": list(timesteps),
     }
-    tuning = {"target_timesteps": target_timesteps}
     if target_timesteps is not None:
         result["target_timesteps"] = target_timesteps
-    if entry["task"] == "segmentation":
-        snn = snnlite.convert(model, calibration, progress=progress, **tuning)
-        x, masks = test["images"], test["semantic"].long()
-        result["ann_miou"] = metrics.ann_miou(model, x, masks, NUM_CLASSES, batch_size)
-        result["relux_miou"] = metrics.ann_miou(snn.relux(), x, masks, NUM_CLASSES, batch_size)
-        curves = metrics.miou_curve(snn, x, masks, NUM_CLASSES, timesteps, list(DELAYS),
-                                    batch_size, progress=progress, record_spikes=True)  # fmt: skip
-        for delay, curve in curves.items():
-            result[f"snn_miou_{delay}"] = {str(T): v for T, v in curve.items()}
-        network, ann_network, example = snn, model, x[:1]
-    else:
-        options = {"group_norm": "freeze"} if name == "scenes_fcos" else {}
-        detector = convert_detector(model, calibration, progress=progress, **options, **tuning)
-        x, targets = list(test["images"]), test["targets"]
-        result["ann_map"] = metrics.ann_map(model, x, targets, batch_size)
-        relux = [d for i in range(0, len(x), batch_size)
-                 for d in detector.ann(x[i : i + batch_size])]  # fmt: skip
-        result["relux_map"] = metrics.detection_map(relux, targets)
-        if options:  # what freezing GroupNorm alone costs the ANN (no thresholds)
-            frozen = [d for i in range(0, len(x), batch_size)
-                      for d in detector.prepared_ann(x[i : i + batch_size])]  # fmt: skip
-            result["ann_frozen_group_norm_map"] = metrics.detection_map(frozen, targets)
-        curves = metrics.map_curve(detector, x, targets, timesteps, list(DELAYS), batch_size,
-                                   progress=progress, record_spikes=True)  # fmt: skip
-        for delay, curve in curves.items():
-            result[f"snn_map_{delay}"] = {str(T): v for T, v in curve.items()}
-        network, ann_network = detector.snn, DetectorNetwork(model)
-        example = transformed_batch(model, x[:1])  # what the network part sees
+    converted = convert_scene_model(model, entry["task"], calibration, progress=progress,
+                                    target_timesteps=target_timesteps)  # fmt: skip
+    scores = score_scene_model(model, converted, entry["task"], test, timesteps, list(DELAYS),
+                               batch_size, progress)  # fmt: skip
+    metric = "miou" if entry["task"] == "segmentation" else "map"
+    result[f"ann_{metric}"] = scores.ann
+    result[f"relux_{metric}"] = scores.clipped
+    if scores.frozen_group_norm is not None:  # what freezing GroupNorm alone costs the ANN
+        result["ann_frozen_group_norm_map"] = scores.frozen_group_norm
+    for delay, curve in scores.curves.items():
+        result[f"snn_{metric}_{delay}"] = {str(T): v for T, v in curve.items()}
+    network, ann_network, example = scores.network, scores.ann_network, scores.example
     # Energy: the ANN's MACs per image, those of the layers that see the analog image, and
     # the SNN's SOPs per image up to each T, all steps counted (the simulations above).
     result["ann_macs"] = energy.ann_macs(ann_network, example).total
