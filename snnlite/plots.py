@@ -142,8 +142,10 @@ def accuracy_over_time(
     curves: Mapping[str, Mapping[int, float]],
     reference: Mapping[str, float] | None = None,
     percent: bool = True,
+    metric: str = "accuracy",
 ) -> None:
-    """Accuracy against T (log2 axis), one line per curve; dashed lines for references."""
+    """Accuracy against T (log2 axis), one line per curve; dashed lines for references.
+    ``metric`` names the y axis, for curves of another task metric (mIoU, mAP)."""
     scale = 100 if percent else 1
     for i, (label, curve) in enumerate(curves.items()):
         ts = sorted(int(t) for t in curve)
@@ -152,7 +154,7 @@ def accuracy_over_time(
     for j, (label, value) in enumerate((reference or {}).items()):
         ax.axhline(scale * value, ls="--", lw=1, color=f"C{len(curves) + j}", label=label)
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="time steps T", ylabel="accuracy (%)" if percent else "accuracy")
+    ax.set(xlabel="time steps T", ylabel=f"{metric} (%)" if percent else metric)
     ax.legend()
 
 

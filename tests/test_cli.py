@@ -2,6 +2,9 @@
 
 The end-to-end run is small (200 calibration images in 4 batches, 200 test images, T = 8
 and 16) and its numbers are checked against the library's own functions on the same inputs.
+So are a zoo segmenter's and a zoo detector's (4 calibration scenes in batches of 2, 40
+updates, 2 test scenes, T = 4 and 8: enough updates that the clipped ANN does not label
+every pixel background, as it does after a handful).
 """
 
 from __future__ import annotations
@@ -20,11 +23,27 @@ from snnlite import zoo
 from snnlite.cli import main, parser
 from snnlite.cli.report import staging
 from snnlite.data import fashion_mnist_tensors
-from snnlite.metrics import accuracy_curve, ann_accuracy
+from snnlite.detection import convert_detector
+from snnlite.metrics import (
+    accuracy_curve,
+    ann_accuracy,
+    ann_map,
+    ann_miou,
+    detection_map,
+    map_curve,
+    miou_curve,
+)
+from snnlite.zoo.scene_eval import NUM_CLASSES, TEST_SCENES, TRAIN_SCENES, load_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--calibration-images", "200", "--calibration-batches", "4", "--images", "200",
          "--timesteps", "8,16", "--no-progress"]  # fmt: skip
+SCENES = {"calibration": 4, "batch": 2, "updates": 40, "test": 2}
+SMALL_SCENES = ["--data", "fashion-scenes", "--calibration-images", str(SCENES["calibration"]),
+                "--calibration-batch-size", str(SCENES["batch"]),
+                "--calibration-batches", str(SCENES["updates"]), "--images", str(SCENES["test"]),
+                "--timesteps", "4,8", "--no-progress"]  # fmt: skip
+DELAYS = ["auto", "half", 0]
 
 
 def test_the_console_script_is_this_main() -> None:
@@ -42,8 +61,11 @@ def test_every_flag_is_explained() -> None:
     for name in ("convert", "export"):
         flags = [a for a in commands[name]._actions if a.option_strings and a.dest != "help"]
         assert {"model", "weights", "data", "calibration", "method", "granularity",
-                "target_timesteps"} <= {a.dest for a in flags}  # fmt: skip
+                "target_timesteps", "task"} <= {a.dest for a in flags}  # fmt: skip
         assert all(a.help and len(a.help) > 20 for a in flags), name
+        task = next(a for a in flags if a.dest == "task")
+        assert task.default == "auto" and set(task.choices) == {
+            "auto", "classification", "segmentation", "detection"}  # fmt: skip
 
 
 def test_help_runs_as_a_module() -> None:
@@ -93,6 +115,75 @@ def test_a_zoo_model_end_to_end_equals_the_api(tmp_path: Path) -> None:
     assert "| 16 |" in (out / "summary.md").read_text()
 
 
+def _scenes() -> tuple[list, dict]:
+    """The CLI's calibration batches and test scenes, made here with the library."""
+    train = load_scenes(progress=False, **{**TRAIN_SCENES, "num_scenes": SCENES["calibration"]})
+    test = load_scenes(progress=False, **{**TEST_SCENES, "num_scenes": SCENES["test"]})
+    return list(train["images"].split(SCENES["batch"])), test
+
+
+def _convert_and_read(name: str, out: Path, *flags: str) -> dict:
+    assert main(["convert", "--model", f"zoo:{name}", "--out", str(out), *SMALL_SCENES,
+                 *flags]) == 0  # fmt: skip
+    return json.loads((out / "results.json").read_text())
+
+
+def test_a_zoo_segmenter_end_to_end_equals_the_api(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    values = _convert_and_read("scenes_fcn", out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "firing_rates.png", "miou.png", "results.json", "summary.md"]  # fmt: skip
+
+    calibration, test = _scenes()
+    model = zoo.load("scenes_fcn")
+    snn = snnlite.convert(model, calibration, iterations=SCENES["updates"], progress=False)
+    x, masks = test["images"], test["semantic"].long()
+    curves = miou_curve(snn, x, masks, NUM_CLASSES, [4, 8], DELAYS, progress=False,
+                        record_spikes=True)  # fmt: skip
+    assert values["images"] == SCENES["test"]
+    assert values["ann_miou"] == ann_miou(model, x, masks, NUM_CLASSES)
+    assert values["clipped_ann_miou"] == ann_miou(snn.relux(), x, masks, NUM_CLASSES)
+    assert values["clipped_ann_miou"] > 0.2  # not all background (0.1): the numbers mean something
+    for T in (4, 8):
+        assert values[f"snn_miou_T{T}"] == curves["auto"][T]
+        assert values[f"snn_miou_T{T}_half"] == curves["half"][T]
+        assert values[f"snn_miou_T{T}_d0"] == curves[0][T]
+        assert values[f"snn_sops_T{T}"] == pytest.approx(snn.last_activity.sops_at([T])[T])
+    assert "accuracy" not in " ".join(values)
+    summary = (out / "summary.md").read_text()
+    assert "SNN mIoU" in summary and "| task | `segmentation` |" in summary
+
+
+def test_a_zoo_detector_end_to_end_equals_the_api(tmp_path: Path) -> None:
+    values = _convert_and_read("scenes_retinanet", tmp_path / "report", "--no-plots")
+
+    calibration, test = _scenes()
+    model = zoo.load("scenes_retinanet")
+    detector = convert_detector(model, calibration, iterations=SCENES["updates"], progress=False)
+    x, targets = list(test["images"]), test["targets"]
+    ann = ann_map(model, x, targets)
+    clipped = detection_map(detector.ann(x), targets)
+    curves = map_curve(detector, x, targets, [4, 8], DELAYS, progress=False)
+    for prefix, key in (("", "map"), ("iou50_", "map_50")):
+        assert values[f"{prefix}ann_map"] == ann[key]
+        assert values[f"{prefix}clipped_ann_map"] == clipped[key]
+        for T in (4, 8):
+            assert values[f"{prefix}snn_map_T{T}"] == curves["auto"][T][key]
+            assert values[f"{prefix}snn_map_T{T}_half"] == curves["half"][T][key]
+            assert values[f"{prefix}snn_map_T{T}_d0"] == curves[0][T][key]
+    assert values["snn_map_T8"] > 0  # the SNN finds boxes at T = 8
+    assert "SNN mAP@[.5:.95] | SNN mAP@.5" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_export_refuses_a_dense_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nir = tmp_path / "fcn.nir"
+    status = main(["export", "--model", "zoo:scenes_fcn", "--data", "fashion-scenes",
+                   "--nir", str(nir)])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert status == 1 and len(error.splitlines()) == 1 and "segmentation" in error
+    assert not nir.exists()
+
+
 def _model_file(tmp_path: Path) -> str:
     source = "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(2704, 10)).eval()\n"  # noqa: E501
     (tmp_path / "gelu_model.py").write_text(source)
@@ -107,6 +198,18 @@ BAD = {
     "unknown torchvision model": (["--model", "torchvision:resnet_nope", "--weights", "DEFAULT",
                                    "--data", "fashion-mnist"], "unknown torchvision"),
     "unconvertible model": (["--model", "FILE", "--data", "fashion-mnist"], "gelu"),
+    "segmenter on labels": (["--model", "zoo:scenes_fcn", "--data", "fashion-mnist"],
+                            "the task and the data do not match: zoo:scenes_fcn is a "
+                            "segmentation model"),
+    "classifier on scenes": (["--model", "zoo:fmnist_vgg", "--data", "fashion-scenes"],
+                             "the task and the data do not match"),
+    "user detector on labels": (["--model", "FILE", "--task", "detection", "--data",
+                                 "fashion-mnist"], "is a detection model"),
+    "scene calibration of a classifier": (["--model", "zoo:fmnist_vgg", "--data",
+                                           "fashion-mnist", "--calibration", "fashion-scenes"],
+                                          "--calibration fashion-scenes"),
+    "task against the zoo": (["--model", "zoo:scenes_retinanet", "--task", "segmentation",
+                              "--data", "fashion-scenes"], "does not match zoo:scenes_retinanet"),
 }  # fmt: skip
 
 

@@ -1,15 +1,20 @@
-"""The ``snnlite`` command line: convert a classifier and write a report, export to NIR,
-tabulate energy.
+"""The ``snnlite`` command line: convert a classifier, a segmenter or a detector and write a
+report, export a classifier to NIR, tabulate energy.
 
     snnlite convert --model zoo:fmnist_vgg --data fashion-mnist --out report/
     snnlite convert --model torchvision:resnet18 --weights IMAGENET1K_V1 \\
         --calibration imagefolder:TRAIN --data imagefolder:VAL --timesteps 8,16,32 \\
         --method ltb --granularity channel --target-timesteps 16 --out report/
+    snnlite convert --model zoo:scenes_fcn --data fashion-scenes --timesteps 16,64 --out report/
     snnlite export --model zoo:fmnist_resnet --data fashion-mnist --nir resnet.nir
     snnlite energy --models fmnist_vgg --images 500     # python -m snnlite.energy
 
+The task comes with the model (a zoo entry knows its own; any other model is a classifier
+unless ``--task`` says segmentation or detection) and decides the metric: top-1 accuracy,
+mIoU or COCO mAP (:mod:`snnlite.cli.scenes` for the dense tasks, on ``fashion-scenes``).
 Every step is a library call (:func:`snnlite.convert`, :mod:`snnlite.metrics`,
-:mod:`snnlite.energy`, :mod:`snnlite.export`); this package only parses, loads and writes.
+:mod:`snnlite.zoo.scene_eval`, :mod:`snnlite.energy`, :mod:`snnlite.export`); this package
+only parses, loads and writes.
 Bad input ends with one line on stderr and status 1 (2 for a malformed command line), and
 never leaves a report folder behind. Under ``torchrun`` the processes join one process group:
 every calibration batch is split over them (the thresholds equal one process's), each
@@ -33,9 +38,18 @@ from torch.utils.data import DataLoader, Dataset
 import snnlite
 from snnlite import distributed
 from snnlite.checks import check_delay, check_timesteps
-from snnlite.cli import report
+from snnlite.cli import report, scenes
 from snnlite.cli.evaluate import evaluate, evaluation_loader, is_writer, process_group
-from snnlite.cli.sources import LoadedModel, SourceError, first, load_data, load_model
+from snnlite.cli.sources import (
+    SCENES,
+    TASKS,
+    LoadedModel,
+    SourceError,
+    check_task_data,
+    first,
+    load_data,
+    load_model,
+)
 from snnlite.convert import METHODS
 from snnlite.energy import __main__ as energy_cli
 from snnlite.export import write_nir
@@ -43,6 +57,15 @@ from snnlite.export import write_nir
 __all__ = ["main", "parser"]
 
 PROG = "snnlite"
+
+# Defaults that depend on the task: a scene costs far more than a small image to generate
+# and to simulate (96x96 maps all through the network), so the dense tasks use what
+# python -m snnlite.zoo.dense_curves measures the zoo with.
+DEFAULTS = {
+    "classification": {"calibration_images": 3000, "calibration_batch_size": 50,
+                       "batch_size": 250},
+    "dense": {"calibration_images": 320, "calibration_batch_size": 16, "batch_size": 50},
+}  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,18 +114,32 @@ def _conversion_flags() -> argparse.ArgumentParser:
     group = flags.add_argument_group("model and data")
     group.add_argument(
         "--model", required=True, metavar="SPEC",
-        help="the ANN: zoo:NAME (snnlite's zoo, e.g. zoo:fmnist_vgg), torchvision:NAME "
-        "(with --weights) or module:function / path/to/file.py:function returning an nn.Module",
+        help="the ANN: zoo:NAME (snnlite's zoo: classifiers such as zoo:fmnist_vgg, "
+        "segmenters zoo:scenes_fcn / zoo:scenes_deeplabv3, detectors zoo:scenes_retinanet / "
+        "zoo:scenes_fcos), torchvision:NAME (with --weights) or module:function / "
+        "path/to/file.py:function returning an nn.Module",
     )  # fmt: skip
     group.add_argument(
         "--weights", metavar="MEMBER",
         help="torchvision weights enum member for torchvision:NAME, e.g. IMAGENET1K_V1 or "
-        "DEFAULT ('none': random weights); its preprocessing is used for the images",
+        "DEFAULT ('none': random weights); its preprocessing is used for a classifier's "
+        "images (scenes are fed as they are, in [0, 1])",
+    )  # fmt: skip
+    group.add_argument(
+        "--task", choices=("auto", *TASKS), default="auto",
+        help="what the model does, which sets the metric and the data it takes: auto (a zoo "
+        "model's own task, classification for any other model), classification (top-1), "
+        "segmentation (mIoU; the model returns {'out': logits} or logits of the 11 scene "
+        "classes) or detection (COCO mAP@[.5:.95] and mAP@.5; a torchvision RetinaNet or "
+        f"FCOS, whose network part alone spikes) (default: %(default)s); the dense tasks run "
+        f"on --data {SCENES} and are not exported",
     )  # fmt: skip
     group.add_argument(
         "--data", required=True, metavar="SPEC",
         help="evaluation data (its test split): fashion-mnist, imagefolder:PATH or "
-        "torchvision:NAME:ROOT (a torchvision data set already on disk)",
+        "torchvision:NAME:ROOT (a torchvision data set already on disk) for classifiers; "
+        f"{SCENES} (the zoo's pinned FashionScenes splits, 96x96, with masks and boxes) for "
+        "segmentation and detection",
     )  # fmt: skip
     group.add_argument(
         "--calibration", metavar="SPEC",
@@ -110,13 +147,15 @@ def _conversion_flags() -> argparse.ArgumentParser:
         "an image folder is used as it is)",
     )  # fmt: skip
     group.add_argument(
-        "--calibration-images", type=_positive, default=3000, metavar="N",
-        help="calibration images: the first N of the calibration data (default: %(default)s)",
+        "--calibration-images", type=_positive, metavar="N",
+        help="calibration images: the first N of the calibration data (default: 3000; 320 "
+        "training scenes for segmentation and detection)",
     )  # fmt: skip
     group.add_argument(
-        "--calibration-batch-size", type=_positive, default=50, metavar="N",
+        "--calibration-batch-size", type=_positive, metavar="N",
         help="images per calibration batch, one threshold update each; under torchrun each "
-        "batch is split over the processes (default: %(default)s)",
+        "batch is split over the processes (default: 50; 16 scenes for segmentation and "
+        "detection)",
     )  # fmt: skip
     group.add_argument(
         "--image-size", type=_positive, default=224, metavar="PIXELS",
@@ -141,7 +180,8 @@ def _conversion_flags() -> argparse.ArgumentParser:
     group.add_argument(
         "--target-timesteps", type=_positive, metavar="T",
         help="tune the network for this latency, still without training (thresholds, initial "
-        "potentials, readout delay; book chapter 6); default: the paper's network",
+        "potentials, readout delay; book chapter 6), for every task; default: the paper's "
+        "network",
     )  # fmt: skip
     group.add_argument(
         "--max-pool", choices=("gated", "cumulative", "current"), default=None,
@@ -177,10 +217,12 @@ def parser() -> argparse.ArgumentParser:
                                   parser_class=_Parser)  # fmt: skip
     flags = _conversion_flags()
     convert = commands.add_parser(
-        "convert", parents=[flags], help="convert a classifier, evaluate it, write a report",
-        description="Convert a pretrained classifier into a spiking network (no training), "
-        "score the ANN and the SNN at every T, and write OUT/results.json, OUT/summary.md "
-        "and the plots.",
+        "convert", parents=[flags],
+        help="convert a classifier, segmenter or detector, evaluate it, write a report",
+        description="Convert a pretrained classifier, segmenter or one-stage detector into a "
+        "spiking network (no training), score the ANN and the SNN at every T (top-1 "
+        "accuracy, mIoU or COCO mAP), and write OUT/results.json, OUT/summary.md and the "
+        "plots.",
     )  # fmt: skip
     group = convert.add_argument_group("evaluation and report")
     group.add_argument(
@@ -190,22 +232,25 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     group.add_argument(
         "--delay", type=_delay, default="auto",
-        help="readout delay of the snn_accuracy_T<T> keys: auto (estimated at conversion), "
-        "half (T/2) or a number of steps; 0 and half are reported too (default: auto)",
+        help="readout delay of the snn_accuracy_T<T> (snn_miou_T<T>, snn_map_T<T>) keys: auto "
+        "(estimated at conversion), half (T/2) or a number of steps; 0 and half are reported "
+        "too (default: auto)",
     )  # fmt: skip
     group.add_argument(
         "--images", type=_positive, metavar="N",
-        help="evaluate the first N images of --data (default: all)",
+        help="evaluate the first N images of --data, or the first N test scenes "
+        "(default: all)",
     )  # fmt: skip
     group.add_argument(
-        "--batch-size", type=_positive, default=250, metavar="N",
+        "--batch-size", type=_positive, metavar="N",
         help="images simulated per batch during evaluation, per process under torchrun "
-        "(default: %(default)s)",
+        "(default: 250; 50 scenes for segmentation and detection)",
     )  # fmt: skip
     group.add_argument(
         "--out", type=Path, required=True, metavar="FOLDER",
-        help="report folder to create (results.json, summary.md, accuracy.png, "
-        "firing_rates.png); written elsewhere first and renamed when complete",
+        help="report folder to create (results.json, summary.md, the metric against T in "
+        "accuracy.png, miou.png or map.png, firing_rates.png); written elsewhere first and "
+        "renamed when complete",
     )  # fmt: skip
     group.add_argument(
         "--overwrite", action="store_true",
@@ -216,7 +261,8 @@ def parser() -> argparse.ArgumentParser:
         help="skip the figures (they need matplotlib, the 'plots' extra)",
     )  # fmt: skip
     export = commands.add_parser(
-        "export", parents=[flags], help="convert a classifier and write it as a NIR graph",
+        "export", parents=[flags],
+        help="convert a classifier and write it as a NIR graph (classifiers only)",
         description="Convert a pretrained classifier and write the spiking network as a NIR "
         "graph (nir 1.0; snnlite.export.to_nir says what survives the export).",
     )  # fmt: skip
@@ -265,6 +311,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace, loaded: LoadedModel) -> LoadedModel:
+    """Refuse data of another task than the model's, before any conversion; give the flags
+    whose defaults depend on the task their task's; move the model to ``--device``."""
+    check_task_data(args.model, loaded.task, args.data)
+    if args.calibration is not None:
+        check_task_data(args.model, loaded.task, args.calibration, "--calibration")
+    defaults = DEFAULTS["classification" if loaded.task == "classification" else "dense"]
+    for name, value in defaults.items():
+        if getattr(args, name, value) is None:
+            setattr(args, name, value)
+    loaded.model.to(args.device)
+    return loaded
+
+
 @dataclass
 class _Converted:
     loaded: LoadedModel
@@ -273,11 +333,8 @@ class _Converted:
     calibration_images: int
 
 
-def _converted(args: argparse.Namespace) -> _Converted:
-    """Load the model and the data, calibrate and convert; also the evaluation data set."""
-    torch.manual_seed(args.seed)
-    loaded = load_model(args.model, args.weights)
-    loaded.model.to(args.device)
+def _converted(args: argparse.Namespace, loaded: LoadedModel) -> _Converted:
+    """Calibrate a classifier and convert it; also the evaluation data set."""
     spec = args.calibration or args.data
     calibration_set = first(
         load_data(spec, "train", loaded.transform, args.image_size), args.calibration_images
@@ -295,6 +352,20 @@ def _converted(args: argparse.Namespace) -> _Converted:
     return _Converted(loaded, snn, test_set, len(calibration_set))  # type: ignore[arg-type]
 
 
+def _classify(args: argparse.Namespace, loaded: LoadedModel, delays: list[Any]) -> report.Run:
+    """Convert a classifier and count its top-1 answers on this process's share of --data."""
+    run = _converted(args, loaded)
+    test_set = first(run.test_set, args.images)
+    loader = evaluation_loader(test_set, args.batch_size)  # this process's share
+    evaluation = evaluate(loaded.model, run.snn, loader, args.timesteps, delays,
+                          device=args.device, total=len(loader),
+                          progress=not args.no_progress)  # fmt: skip
+    assert evaluation.activity is not None, "evaluate records the spikes"
+    example = test_set[0][0].unsqueeze(0).to(args.device)
+    return report.Run(evaluation.scores(), evaluation.activity, run.snn, loaded.model, example,
+                      run.calibration_images)  # fmt: skip
+
+
 def run_convert(args: argparse.Namespace) -> None:
     """``snnlite convert``: convert, evaluate, write the report folder (rank 0 only)."""
     plots = not args.no_plots
@@ -305,21 +376,19 @@ def run_convert(args: argparse.Namespace) -> None:
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists: choose another --out or pass --overwrite")
     process_group(args.device)
-    run = _converted(args)
-    loaded, snn = run.loaded, run.snn
-    test_set = first(run.test_set, args.images)
-    loader = evaluation_loader(test_set, args.batch_size)  # this process's share
+    torch.manual_seed(args.seed)
+    loaded = _prepare(args, load_model(args.model, args.weights, args.task))
     delays = list(dict.fromkeys([args.delay, "auto", "half", 0]))
-    evaluation = evaluate(loaded.model, snn, loader, args.timesteps, delays,
-                          device=args.device, total=len(loader),
-                          progress=not args.no_progress)  # fmt: skip
+    if loaded.task == "classification":
+        run = _classify(args, loaded, delays)
+    else:
+        run = scenes.run(args, loaded, delays)
     if not is_writer():
         return
-    example = next(iter(loader))[0][:1].to(args.device)
-    values = report.results(evaluation, snn, loaded.model, example, args.timesteps, delays,
-                            args.delay)  # fmt: skip
+    values = report.results(run, args.timesteps, delays, args.delay)
     config = {
         "model": args.model + (f" ({args.weights})" if args.weights else ""),
+        "task": loaded.task,
         "data": args.data, "calibration": args.calibration or f"{args.data} (train split)",
         "calibration images": run.calibration_images, "method": args.method,
         "granularity": args.granularity, "target T": args.target_timesteps,
@@ -327,9 +396,11 @@ def run_convert(args: argparse.Namespace) -> None:
     }  # fmt: skip
     with report.staging(args.out, args.overwrite) as folder:
         report.write_results(folder, values)
-        (folder / "summary.md").write_text(report.summary(values, config, args.timesteps))
+        (folder / "summary.md").write_text(
+            report.summary(values, config, args.timesteps, run.scores)
+        )
         if plots:
-            report.write_plots(folder, values, evaluation.activity, args.timesteps, delays)
+            report.write_plots(folder, run.scores, run.activity, args.timesteps, delays)
     print(f"wrote {args.out}/ (results.json, summary.md{', plots' if plots else ''})")
 
 
@@ -338,7 +409,14 @@ def run_export(args: argparse.Namespace) -> None:
     if args.nir.exists() and not args.overwrite:
         raise FileExistsError(f"{args.nir} exists: choose another --nir or pass --overwrite")
     process_group(args.device)
-    run = _converted(args)
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.model, args.weights, args.task)
+    if loaded.task != "classification":
+        raise SourceError(
+            f"{args.model} is a {loaded.task} model: snnlite export writes classifiers "
+            "(snnlite convert scores dense models)"
+        )
+    run = _converted(args, _prepare(args, loaded))
     if not is_writer():
         return
     example = run.test_set[0][0].unsqueeze(0).to(args.device)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from snnlite import distributed
+from snnlite.cli.report import Scores
 from snnlite.metrics import TopOneAccuracy, reduce_activity, simulate_batches
 from snnlite.network import SpikingNetwork
 from snnlite.synapses import Activity
@@ -43,6 +44,12 @@ class Evaluation:
 
     def accuracy(self, T: int, delay: Any) -> float:
         return self.snn_correct[(T, delay)] / self.images
+
+    def scores(self) -> Scores:
+        """The counts as the report's :class:`~snnlite.cli.report.Scores` (top-1 accuracy)."""
+        snn = {key: correct / self.images for key, correct in self.snn_correct.items()}
+        return Scores("accuracy", "top-1 accuracy", self.images, self.ann_correct / self.images,
+                      self.clipped_correct / self.images, snn)  # fmt: skip
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int) -> DataLoader:

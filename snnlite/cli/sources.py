@@ -4,7 +4,13 @@ Models: ``zoo:NAME`` (the zoo, hash-checked), ``torchvision:NAME`` with ``--weig
 (torchvision's own weights enums), or a user's ``module:function`` / ``path/to/file.py:function``
 that returns an ``nn.Module``. Data: ``fashion-mnist`` (the project's offline loader),
 ``imagefolder:PATH`` (torchvision's ``ImageFolder``) or ``torchvision:NAME:ROOT`` (a
-torchvision dataset class already on disk; nothing is downloaded).
+torchvision dataset class already on disk; nothing is downloaded) for classifiers, and
+``fashion-scenes`` (the zoo's pinned FashionScenes splits, with masks and boxes) for
+segmentation and detection.
+
+Every model has a task: a zoo entry's own, otherwise classification unless ``--task`` says
+segmentation or detection. :func:`check_task_data` refuses data of another task before
+anything is converted, since a classifier cannot be scored on masks, nor a segmenter on labels.
 
 Every failure is a :class:`SourceError` whose message names the spec and what to do, so the
 command line can print it as one line.
@@ -28,8 +34,26 @@ from torchvision import transforms
 
 from snnlite import zoo
 from snnlite.data import fashion_mnist_tensors, imagenet_transform
+from snnlite.zoo.registry import TASKS
+from snnlite.zoo.scene_eval import TEST_SCENES, TRAIN_SCENES, load_scenes
 
-__all__ = ["LoadedModel", "SourceError", "load_data", "load_model"]
+__all__ = [
+    "SCENES",
+    "TASKS",
+    "LoadedModel",
+    "SourceError",
+    "check_task_data",
+    "load_data",
+    "load_model",
+    "scene_split",
+]
+
+SCENES = "fashion-scenes"  # the data spec of the dense tasks
+_TORCHVISION_MODULES = {
+    "classification": torchvision.models,
+    "segmentation": torchvision.models.segmentation,
+    "detection": torchvision.models.detection,
+}
 
 Transform = Callable[[Any], torch.Tensor]
 
@@ -45,40 +69,54 @@ class LoadedModel:
     model: nn.Module
     transform: Transform | None
     zoo_dataset: str | None = None  # the data set a zoo model was trained on
+    task: str = "classification"
 
 
-def load_model(spec: str, weights: str | None = None) -> LoadedModel:
-    """``zoo:NAME``, ``torchvision:NAME`` (with ``weights``) or ``module:function``."""
+def load_model(spec: str, weights: str | None = None, task: str = "auto") -> LoadedModel:
+    """``zoo:NAME``, ``torchvision:NAME`` (with ``weights``) or ``module:function``.
+
+    ``task``: ``"auto"`` (a zoo entry's task, classification for any other model) or the
+    task itself, which a zoo model's must then equal.
+    """
     kind, _, rest = spec.partition(":")
     if not rest:
         raise SourceError(
             f"--model {spec!r}: expected zoo:NAME, torchvision:NAME or module:function "
-            f"(zoo models: {', '.join(zoo.list_models('classification'))})"
+            f"(zoo models: {', '.join(zoo.list_models())})"
         )
     if weights is not None and kind != "torchvision":
         raise SourceError(f"--weights applies to torchvision models only, not {spec!r}")
     if kind == "zoo":
-        if rest not in zoo.list_models():
-            raise SourceError(f"unknown zoo model {rest!r}; available: {zoo.list_models()}")
-        if zoo.info(rest)["task"] != "classification":
-            raise SourceError(
-                f"zoo model {rest!r} is a {zoo.info(rest)['task']} model: the command line "
-                "converts classifiers (use the Python API for dense tasks)"
-            )
-        try:
-            model = zoo.load(rest)
-        except (FileNotFoundError, zoo.WeightsFileError) as error:
-            raise SourceError(str(error)) from error
-        return LoadedModel(model, None, zoo.info(rest)["dataset"])
-    if kind == "torchvision":
-        return _torchvision_model(rest, weights)
-    return _user_model(spec)
+        return _zoo_model(rest, task)
+    task = "classification" if task == "auto" else task
+    loaded = _torchvision_model(rest, weights, task) if kind == "torchvision" else _user_model(spec)
+    loaded.task = task
+    return loaded
 
 
-def _torchvision_model(name: str, weights: str | None) -> LoadedModel:
-    if name not in torchvision.models.list_models(module=torchvision.models):
+def _zoo_model(name: str, task: str) -> LoadedModel:
+    """A zoo model with its entry's task (``task`` must agree unless it is ``"auto"``)."""
+    if name not in zoo.list_models():
+        raise SourceError(f"unknown zoo model {name!r}; available: {zoo.list_models()}")
+    entry = zoo.info(name)
+    if task not in ("auto", entry["task"]):
         raise SourceError(
-            f"unknown torchvision classifier {name!r} (see torchvision.models.list_models())"
+            f"--task {task} does not match zoo:{name}, a {entry['task']} model "
+            "(leave --task out: the zoo knows each model's task)"
+        )
+    try:
+        model = zoo.load(name)
+    except (FileNotFoundError, zoo.WeightsFileError) as error:
+        raise SourceError(str(error)) from error
+    return LoadedModel(model, None, entry["dataset"], entry["task"])
+
+
+def _torchvision_model(name: str, weights: str | None, task: str) -> LoadedModel:
+    module = _TORCHVISION_MODULES[task]
+    if name not in torchvision.models.list_models(module=module):
+        raise SourceError(
+            f"unknown torchvision {task} model {name!r} (see "
+            f"torchvision.models.list_models(module={module.__name__}))"
         )
     if weights is None:
         raise SourceError(
@@ -164,8 +202,36 @@ def load_data(spec: str, split: str, transform: Transform | None, image_size: in
         except (RuntimeError, TypeError) as error:
             raise SourceError(f"{spec!r}: {error}") from error
     raise SourceError(
-        f"data spec {spec!r}: expected fashion-mnist, imagefolder:PATH or torchvision:NAME:ROOT"
+        f"data spec {spec!r}: expected fashion-mnist, imagefolder:PATH, torchvision:NAME:ROOT "
+        f"or {SCENES}"
     )
+
+
+def check_task_data(model: str, task: str, spec: str, option: str = "--data") -> None:
+    """Refuse data of another task than the model's, before anything is loaded or converted:
+    a classifier is scored on labels, a segmenter on masks, a detector on boxes."""
+    if task == "classification" and spec == SCENES:
+        raise SourceError(
+            f"the task and the data do not match: {model} is a classification model, but "
+            f"{option} {SCENES} holds segmentation and detection scenes (classifiers take "
+            "fashion-mnist, imagefolder:PATH or torchvision:NAME:ROOT; --task segmentation or "
+            "--task detection says a model of your own is dense)"
+        )
+    if task != "classification" and spec != SCENES:
+        raise SourceError(
+            f"the task and the data do not match: {model} is a {task} model, but {option} "
+            f"{spec} is classification data ({task} runs on {option} {SCENES})"
+        )
+
+
+def scene_split(split: str, count: int | None, progress: bool = False) -> dict:
+    """The first ``count`` scenes (all if None or more) of the zoo's pinned FashionScenes
+    ``split`` ("train" or "test"), as :func:`snnlite.data.load_scenes` returns them: the
+    scenes every zoo scene model was trained and measured on."""
+    scene_args = TRAIN_SCENES if split == "train" else TEST_SCENES
+    total = scene_args["num_scenes"]
+    scenes = total if count is None else min(count, total)
+    return load_scenes(progress=progress, **{**scene_args, "num_scenes": scenes})
 
 
 def first(dataset: Dataset, count: int | None) -> Dataset:
