@@ -1,0 +1,148 @@
+"""Measure the low-latency conversion of the real ImageNet MobileNetV2 at its native 224 px.
+
+There is no ImageNet here, so the measure is **agreement**: the share of held-out photo crops
+on which the SNN's top-1 class is the ANN's. Both networks start from the same LTB
+(channel-wise) conversion, calibrated on augmented crops of the bundled photos
+(:func:`snnlite.data.augmented_crops`, one seed); the test crops are other crops of the same
+photos (another seed). The paper's network is read out with its automatic delay; the
+low-latency one is tuned for each target T on the calibration crops (the default parts:
+T-aware thresholds, the potential correction, the delay chosen per T) and read out with its
+delay schedule. Every network is simulated once per batch to the largest T, every T read
+from that run, with its synaptic operations per image::
+
+    python -m snnlite.zoo.photo_latency
+
+The result goes to ``snnlite/zoo/results/mobilenet_v2_imagenet_latency.json``. At the
+defaults it takes one to two hours on two CPU cores (224 px, T up to 256; the tuning
+simulates the 224 px network for the corrections and the delay, most of the time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from torch import Tensor, nn
+
+import snnlite
+from snnlite.data import augmented_crops
+from snnlite.latency import LATENCY_PARTS, latency_parts_of, tune_for_latency
+from snnlite.zoo.registry import load, write_result
+
+MODEL = "mobilenet_v2_imagenet"
+TIMESTEPS = (32, 64, 128, 256)
+TARGETS = (64,)
+CALIBRATION_SEED, TEST_SEED = 1, 2  # two disjoint draws of crops
+
+
+def _top1(readout: Tensor) -> Tensor:
+    return readout.argmax(dim=1)
+
+
+def _agreement(snn: snnlite.SpikingNetwork, crops: Tensor, reference: Tensor,
+               timesteps: tuple[int, ...], batch_size: int) -> dict:  # fmt: skip
+    """Top-1 agreement with ``reference`` (the ANN's classes) at every T, and SOPs per image,
+    from one simulation per batch."""
+    agree = dict.fromkeys(timesteps, 0)
+    sops = dict.fromkeys(timesteps, 0.0)
+    for start in range(0, len(crops), batch_size):
+        x = crops[start : start + batch_size]
+        runs = snn.simulate(x, list(timesteps), delay="auto", progress=False,
+                            record_spikes=True)  # fmt: skip
+        per_image = snn.last_activity.sops_at(list(timesteps))
+        want = reference[start : start + batch_size]
+        for T in timesteps:
+            agree[T] += int((_top1(runs[T]) == want).sum())
+            sops[T] += per_image[T] * len(x)
+    with torch.no_grad():
+        relux = int((_top1(snn.relux()(crops)) == reference).sum())
+    return {
+        "delays": {str(T): snn.auto_delay(T) for T in timesteps},
+        "relux_agreement": relux / len(crops),
+        "agreement": {str(T): agree[T] / len(crops) for T in timesteps},
+        "sops_per_image": {str(T): sops[T] / len(crops) for T in timesteps},
+    }
+
+
+def measure(
+    calibration_crops: int = 96,
+    test_crops: int = 24,
+    updates: int = 300,
+    size: int = 224,
+    batch: int = 8,
+    timesteps: tuple[int, ...] = TIMESTEPS,
+    targets: tuple[int, ...] = TARGETS,
+    model: nn.Module | None = None,
+) -> dict:
+    """The table: the paper's network and one tuned network per target, as agreement with
+    the ANN on ``test_crops`` crops. ``model``: the network to convert (default: the zoo's
+    MobileNetV2 with its ImageNet weights; tests pass a small one)."""
+    model = load(MODEL) if model is None else model
+    calibration = augmented_crops(calibration_crops, seed=CALIBRATION_SEED, size=size)
+    test = augmented_crops(test_crops, seed=TEST_SEED, size=size)
+    with torch.no_grad():
+        reference = _top1(model(test))  # (n,) the ANN's classes
+    start = time.perf_counter()
+    paper = snnlite.convert(model, list(calibration.split(batch)), iterations=updates,
+                            progress=False)  # fmt: skip
+    ltb_seconds = time.perf_counter() - start
+    table = {
+        "model": MODEL,
+        "size": size,
+        "test_crops": test_crops,
+        "calibration": f"{calibration_crops} augmented photo crops (seed {CALIBRATION_SEED}) "
+        f"in batches of {batch}, {updates} LTB updates (channel-wise); the latency tuning "
+        f"sees the same crops; test crops: seed {TEST_SEED}",
+        "timesteps": list(timesteps),
+        "ltb_seconds": round(ltb_seconds, 1),
+        "paper": _agreement(paper, test, reference, timesteps, batch),
+        "targets": {},
+    }
+    print(f"paper   {_row(table['paper'], timesteps)}", flush=True)
+    for target in targets:
+        snn = copy.deepcopy(paper)
+        start = time.perf_counter()
+        tune_for_latency(snn, calibration, target, latency_parts_of(LATENCY_PARTS),
+                         progress=False)  # fmt: skip
+        seconds = time.perf_counter() - start
+        entry = _agreement(snn, test, reference, timesteps, batch)
+        entry["tuning_seconds"] = round(seconds, 1)
+        entry["conversion_ratio"] = round((ltb_seconds + seconds) / ltb_seconds, 2)
+        table["targets"][str(target)] = entry
+        print(f"T*={target:<4d} {_row(entry, timesteps)}", flush=True)
+    return table
+
+
+def _row(entry: dict, timesteps: tuple[int, ...]) -> str:
+    cells = " ".join(f"{100 * entry['agreement'][str(T)]:5.1f}" for T in timesteps)
+    return f"{cells}  (clipped ANN {100 * entry['relux_agreement']:.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calibration-crops", type=int, default=96)
+    parser.add_argument("--test-crops", type=int, default=24)
+    parser.add_argument("--updates", type=int, default=300, help="LTB updates")
+    parser.add_argument("--size", type=int, default=224, help="crop size in pixels")
+    parser.add_argument("--batch", type=int, default=8, help="crops per batch")
+    parser.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)))
+    parser.add_argument("--targets", default=",".join(map(str, TARGETS)),
+                        help="target T's of the low-latency tuning")  # fmt: skip
+    args = parser.parse_args()
+    timesteps = tuple(int(t) for t in args.timesteps.split(","))
+    targets = tuple(int(t) for t in args.targets.split(","))
+    torch.manual_seed(0)
+    table = measure(args.calibration_crops, args.test_crops, args.updates, args.size,
+                    args.batch, timesteps, targets)  # fmt: skip
+    table["command"] = (
+        f"python -m snnlite.zoo.photo_latency --calibration-crops {args.calibration_crops} "
+        f"--test-crops {args.test_crops} --updates {args.updates} --size {args.size} "
+        f"--batch {args.batch} --timesteps {args.timesteps} --targets {args.targets}"
+    )
+    write_result(f"{MODEL}_latency.json", table)
+
+
+if __name__ == "__main__":
+    main()
