@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import snnlite
@@ -258,3 +259,38 @@ def test_a_failed_report_leaves_nothing(tmp_path: Path) -> None:
     with staging(out, overwrite=False) as folder:
         (folder / "results.json").write_text("{}")
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_a_torchvision_model_on_an_image_folder(tmp_path: Path) -> None:
+    """``torchvision:NAME --weights MEMBER`` with ``imagefolder:PATH`` data: real ImageNet
+    weights on real photos (scikit-image's), preprocessed by the weights' own transforms.
+    The folder's class indices are not ImageNet's, so only the plumbing is checked: the
+    report's ANN accuracy is the one torchvision's model gives on the folder directly."""
+    import torchvision
+    from PIL import Image
+    from skimage import data as photos
+
+    from snnlite.zoo.registry import seed_torchvision_cache
+
+    assert seed_torchvision_cache() is not None  # offline: torchvision's cache, seeded
+    folder = tmp_path / "photos"
+    for label, names in {"animals": ["cat", "chelsea"], "things": ["coffee", "rocket"]}.items():
+        (folder / label).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(getattr(photos, name)()).save(folder / label / f"{name}.png")
+    out = tmp_path / "report"
+    assert main(["convert", "--model", "torchvision:mobilenet_v2", "--weights", "IMAGENET1K_V1",
+                 "--data", f"imagefolder:{folder}", "--calibration-images", "4",
+                 "--calibration-batch-size", "2", "--calibration-batches", "2",
+                 "--images", "4", "--timesteps", "4", "--no-progress",
+                 "--out", str(out)]) == 0  # fmt: skip
+    values = json.loads((out / "results.json").read_text())
+
+    weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    dataset = torchvision.datasets.ImageFolder(folder, transform=weights.transforms())
+    images, labels = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in dataset]))
+    model = torchvision.models.mobilenet_v2(weights=weights).eval()
+    assert values["images"] == 4
+    assert values["ann_accuracy"] == ann_accuracy(model, images, labels)
+    assert 0.0 <= values["snn_accuracy_T4"] <= 1.0
+    assert values["snn_sops_T4"] > 0
