@@ -108,14 +108,16 @@ def main() -> None:
         "timesteps": list(TIMESTEPS),
         "rows": rows,
     }
+    table = json.loads(json.dumps(table, default=str))  # as stored: T's become strings
     print(markdown(table))
     if not args.no_write:
-        (HERE / "parity.json").write_text(json.dumps(table, indent=1, default=str) + "\n")
+        (HERE / "parity.json").write_text(json.dumps(table, indent=1) + "\n")
         (HERE / "parity.md").write_text(markdown(table))
 
 
 def markdown(table: dict) -> str:
-    """The comparison as a Markdown table, with the command that wrote it."""
+    """The comparison as a Markdown table, with the command that wrote it (from the table
+    as stored in JSON, where the T's are strings)."""
     steps = table["timesteps"]
     sj = table["rows"]["SpikingJelly 2.0 (LTB)"]["accuracy"]
     lines = [
@@ -129,7 +131,7 @@ def markdown(table: dict) -> str:
     ]
     for label, row in table["rows"].items():
         cells = []
-        for T in steps:
+        for T in map(str, steps):
             a = row["accuracy"][T]
             diff = "" if row["accuracy"] is sj else f" ({100 * (a - sj[T]):+.2f})"
             cells.append(f"{100 * a:.2f}{diff}")
