@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import torch
+from bench_simulate import store  # run as a script: bench/ is on sys.path
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -37,24 +37,40 @@ HERE = Path(__file__).resolve().parent
 TIMESTEPS = (4, 8, 16, 32, 64)
 
 
-def spikingjelly_accuracy(model: nn.Module, calibration: list[torch.Tensor], x: torch.Tensor,
-                          y: torch.Tensor, timesteps: tuple[int, ...],
-                          batch_size: int) -> tuple[dict[int, float], dict[int, int]]:  # fmt: skip
-    """SpikingJelly's LTB conversion read out at every T with its own per-T delay."""
-    from spikingjelly.activation_based import ann2snn, functional
+def spikingjelly_ltb(model: nn.Module, calibration: list[torch.Tensor]) -> tuple[nn.Module, list]:
+    """SpikingJelly 2.0's LTB conversion of ``model`` (its FXConverter and
+    LocalThresholdBalancingRecipe, one update per batch), and the loader it was calibrated on
+    (SpikingJelly's delay estimate reads it)."""
+    from spikingjelly.activation_based import ann2snn
 
     loader = [(b, None) for b in calibration]
     recipe = ann2snn.LocalThresholdBalancingRecipe(dataloader=loader)
     net = ann2snn.FXConverter(recipe=recipe, device="cpu").convert(copy.deepcopy(model))
-    net = net.eval()
+    return net.eval(), loader
+
+
+def spikingjelly_outputs(net: nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The network's output at every step from a reset state: (steps, B, classes)."""
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(net)
+    with torch.no_grad():
+        return torch.stack([net(x) for _ in range(steps)])
+
+
+def spikingjelly_accuracy(model: nn.Module, calibration: list[torch.Tensor], x: torch.Tensor,
+                          y: torch.Tensor, timesteps: tuple[int, ...],
+                          batch_size: int) -> tuple[dict[int, float], dict[int, int]]:  # fmt: skip
+    """SpikingJelly's LTB conversion read out at every T with its own per-T delay."""
+    from spikingjelly.activation_based import ann2snn
+
+    net, loader = spikingjelly_ltb(model, calibration)
     delays = {T: ann2snn.estimate_delay_start(net, loader, "cpu", T) for T in timesteps}
     correct = dict.fromkeys(timesteps, 0)
     steps = max(timesteps)
     for start in tqdm(range(0, len(x), batch_size), desc="spikingjelly", leave=False):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        functional.reset_net(net)
-        with torch.no_grad():
-            outputs = torch.stack([net(xb) for _ in range(steps)])  # (steps, B, classes)
+        outputs = spikingjelly_outputs(net, xb, steps)  # (steps, B, classes)
         for T in timesteps:
             readout = outputs[delays[T] : T].mean(dim=0)
             correct[T] += int((readout.argmax(dim=1) == yb).sum())
@@ -108,11 +124,7 @@ def main() -> None:
         "timesteps": list(TIMESTEPS),
         "rows": rows,
     }
-    table = json.loads(json.dumps(table, default=str))  # as stored: T's become strings
-    print(markdown(table))
-    if not args.no_write:
-        (HERE / "parity.json").write_text(json.dumps(table, indent=1) + "\n")
-        (HERE / "parity.md").write_text(markdown(table))
+    store("parity", table, markdown, write=not args.no_write)
 
 
 def markdown(table: dict) -> str:

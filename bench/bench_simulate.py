@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,27 @@ def timings(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, li
             run()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def machine() -> str:
+    """What the numbers were measured on: cores, torch, threads and the load at the time."""
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{os.cpu_count()} cpus, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {load}")  # fmt: skip
+
+
+def store(stem: str, table: dict, render: Callable[[dict], str], write: bool = True) -> dict:
+    """Print a result table as Markdown and, with ``write``, keep it as ``bench/<stem>.json``
+    and ``bench/<stem>.md``. Rendered from the table as stored (JSON: integer keys become
+    strings), so a test can check that the Markdown is the rendering of the JSON."""
+    table = json.loads(json.dumps(table))
+    text = render(table)
+    print(text)
+    if write:
+        here = Path(__file__).resolve().parent
+        (here / f"{stem}.json").write_text(json.dumps(table, indent=1) + "\n")
+        (here / f"{stem}.md").write_text(text)
+    return table
 
 
 def ratio(slower: list[float], faster: list[float]) -> float:

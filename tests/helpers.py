@@ -9,8 +9,11 @@ neurons (and gated or cumulative max pools) in place of its activation sites.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -132,3 +135,12 @@ def skip_or_fail(message: str) -> None:
         pytest.fail(f"{message} (CI=true: what is missing fails instead of skipping)",
                     pytrace=False)  # fmt: skip
     pytest.skip(message)
+
+
+def bench_script(name: str) -> ModuleType:
+    """A script of bench/ as a module. The scripts run as ``python bench/<name>.py``, with
+    bench/ on sys.path, and import each other by their bare names; so must the tests."""
+    folder = str(Path(__file__).resolve().parents[1] / "bench")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)

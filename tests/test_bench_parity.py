@@ -15,7 +15,9 @@ import json
 
 import pytest
 
-from bench import bench_parity
+from tests.helpers import bench_script
+
+bench_parity = bench_script("bench_parity")
 
 STORED = bench_parity.HERE / "parity.json"
 TOLERANCE = 0.002  # 0.2 points
