@@ -97,6 +97,8 @@ def measure(
                              progress=False)  # fmt: skip
             seconds = time.perf_counter() - start
             entry = _curve(snn, x, y, batch_size)
+            # One timing each, taken between long evaluations: indicative only. The cost
+            # target is measured in turns over rounds by bench/bench_latency_cost.py.
             entry["tuning_seconds"] = round(seconds, 1)
             entry["conversion_ratio"] = round((ltb_seconds + seconds) / ltb_seconds, 2)
             table["targets"][str(target)][label] = entry
