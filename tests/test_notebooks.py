@@ -286,6 +286,20 @@ def claims_06_low_latency(r: dict, p: dict) -> None:
             if r[f"default_{level}_T"] < r[f"paper_{level}_T"]:
                 assert r[f"default_{level}"] < r[f"paper_{level}"], level
 
+    # MobileNetV2 (the stored photo table, when present): deeper than the VGG; tuned, its
+    # clipped ANN agrees at least as often as the paper's and more often than its SNN at
+    # every T ("the thresholds are no longer what limits it"); the SNN never trails the
+    # paper's and some agreement is still missing at the largest T.
+    if "photo_sites" in r:
+        assert r["photo_sites"] > len(layers)
+        photo = sorted(int(k.rsplit("_T", 1)[1]) for k in r
+                       if k.startswith("photo_tuned_agreement_T"))  # fmt: skip
+        relux = r["photo_tuned_relux_agreement"]
+        assert relux >= r["photo_paper_relux_agreement"]
+        for T in photo:
+            tuned = r[f"photo_tuned_agreement_T{T}"]
+            assert r[f"photo_paper_agreement_T{T}"] <= tuned < relux, T
+
 
 def claims_07_segmentation(r: dict, p: dict) -> None:
     T = max(p["timesteps"])
