@@ -167,14 +167,22 @@ kernels_available = pytest.mark.skipif(
 
 @kernels_available
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_neuron_kernel_is_bit_identical(channels_last: bool) -> None:
+@pytest.mark.parametrize("thresholds", ["per channel", "scalar", "per element"])
+def test_fused_neuron_kernel_is_bit_identical(channels_last: bool, thresholds: str) -> None:
+    """Against the torch loop, for every way a threshold reaches the kernel (its C values,
+    one value, a whole sample's map), in both memory formats, with planes (13 x 17) that
+    the kernel's blocks of 512 neurons cut in the middle."""
     torch.manual_seed(0)
     theta = torch.cat([torch.zeros(1), torch.rand(3) + 0.3]).view(4, 1, 1)  # one silent
-    currents = torch.randn(9, 3, 4, 5, 6)
-    membrane = (theta / 2).expand(3, 4, 5, 6).clone()
+    if thresholds == "scalar":
+        theta = torch.tensor(0.7)
+    elif thresholds == "per element":
+        theta = torch.rand(4, 13, 17) + 0.2
+    currents = torch.randn(9, 3, 4, 13, 17)
+    membrane = (theta / 2).expand(3, 4, 13, 17).clone()
     if channels_last:
-        currents = currents.reshape(27, 4, 5, 6).contiguous(memory_format=torch.channels_last)
-        currents = currents.view(9, 3, 4, 5, 6)
+        currents = currents.reshape(27, 4, 13, 17).contiguous(memory_format=torch.channels_last)
+        currents = currents.view(9, 3, 4, 13, 17)
         membrane = membrane.contiguous(memory_format=torch.channels_last)
     for constant in (False, True):
         source = currents[0] if constant else currents
@@ -182,6 +190,19 @@ def test_fused_neuron_kernel_is_bit_identical(channels_last: bool) -> None:
         a, ua = integrate_and_fire(source, membrane.clone(), theta, steps, backend="torch")
         b, ub = integrate_and_fire(source, membrane.clone(), theta, steps, backend="fused")
         assert torch.equal(a, b) and torch.equal(ua, ub)
+        assert a.any()
+
+
+@kernels_available
+def test_fused_neuron_kernel_on_features_is_bit_identical() -> None:
+    """A linear layer's neurons: (steps, N, F) currents, one threshold per feature."""
+    torch.manual_seed(1)
+    theta = torch.rand(700) + 0.2  # more features than a block holds
+    currents = torch.randn(5, 3, 700)
+    membrane = (theta / 2).expand(3, 700).clone()
+    a, ua = integrate_and_fire(currents, membrane.clone(), theta, backend="torch")
+    b, ub = integrate_and_fire(currents, membrane.clone(), theta, backend="fused")
+    assert torch.equal(a, b) and torch.equal(ua, ub)
 
 
 @kernels_available
