@@ -1,5 +1,5 @@
 """The ``snnlite`` command line: convert a classifier, a segmenter or a detector and write a
-report, export a classifier to NIR, tabulate energy.
+report, export a classifier to NIR, tabulate energy::
 
     snnlite convert --model zoo:fmnist_vgg --data fashion-mnist --out report/
     snnlite convert --model torchvision:resnet18 --weights IMAGENET1K_V1 \\

@@ -37,9 +37,12 @@ def doc_parser(
     """A command line described by its module's docstring ``doc`` (this one's, ``snnlite``'s):
     the first paragraph says what it does, the second, after the flags, gives examples."""
     paragraphs = doc.split("\n\n")
+    # A first paragraph ending in "::" introduces the examples as a literal block in the
+    # API docs (Sphinx); on the command line it is a sentence.
+    description = paragraphs[0].removesuffix("::") + ("." if paragraphs[0].endswith("::") else "")
     return parser_class(
         prog=prog,
-        description=paragraphs[0],
+        description=description,
         epilog="Examples:\n" + paragraphs[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
