@@ -58,6 +58,7 @@ def site(tmp_path_factory) -> Path:
     (src / "_toc.yml").write_text(TOC)
     (src / "_vendor").symlink_to(BOOK / "_vendor")
     (src / "_ext").symlink_to(BOOK / "_ext")
+    (src / "_static").symlink_to(BOOK / "_static")
     (src / "notebooks").symlink_to(ROOT / "notebooks")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     result = subprocess.run(
@@ -109,22 +110,27 @@ window.addEventListener("load", () => {
 
 
 # At 1440 px and wider the theme's content column has its full width (786 px of code box:
-# 79 characters at 14 px); narrower windows give part of it to the page's table of contents.
-FULL_WIDTH = 1440
+# 79 characters at 14 px). From 1200 px down to 1440 both sidebars share the window and the
+# box is narrowest (608 px at 1200), so book/_static/code-width.css shrinks the code font
+# with the box; below 1200 the page's table of contents folds away and the box widens again.
+WIDTHS = (1200, 1280, 1440)
 
 
 def code_overflow(page: Path) -> tuple[int, int]:
-    """(code blocks, code blocks wider than their box) of ``page`` as Chromium lays it out."""
+    """(code blocks, code blocks wider than their box at any of ``WIDTHS``) of ``page``."""
     probe = page.with_name(page.stem + ".width-probe.html")
     probe.write_text(page.read_text().replace("</body>", OVERFLOW_SCRIPT + "</body>"))
+    counts = []
     try:
-        dom = render(probe, width=FULL_WIDTH)
+        for width in WIDTHS:
+            dom = render(probe, width=width)
+            blocks = re.search(r'data-code-blocks="(\d+)"', dom)
+            wide = re.search(r'data-too-wide="(\d+)"', dom)
+            assert blocks and wide, "the width probe did not run"
+            counts.append((int(blocks.group(1)), int(wide.group(1))))
     finally:
         probe.unlink()
-    blocks = re.search(r'data-code-blocks="(\d+)"', dom)
-    wide = re.search(r'data-too-wide="(\d+)"', dom)
-    assert blocks and wide, "the width probe did not run"
-    return int(blocks.group(1)), int(wide.group(1))
+    return min(blocks for blocks, _ in counts), max(wide for _, wide in counts)
 
 
 def _toc_notebooks() -> list[str]:
