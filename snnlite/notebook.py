@@ -19,6 +19,7 @@ values for the notebook, or nothing when no profile is set (tests, Colab, Binder
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["profile_parameters", "save_results"]
+__all__ = ["chapter_fingerprint", "profile_parameters", "save_results"]
 
 PROFILE_ENV = "SNNLITE_PROFILE"
 PARAMS_ENV = "SNNLITE_PARAMS"
@@ -77,7 +78,7 @@ def save_results(notebook: str, values: Mapping[str, Any], results_dir: str | os
     Keys are flat strings; task metrics follow ``ann_<metric>`` and ``snn_<metric>_T<T>``
     (metric: accuracy, miou or map) so tests and readers can find them.
     """
-    flat = {}
+    flat = _provenance(notebook)
     for key, value in values.items():
         if not isinstance(key, str):
             raise TypeError(f"result keys must be strings, got {key!r}")
@@ -89,3 +90,30 @@ def save_results(notebook: str, values: Mapping[str, Any], results_dir: str | os
     file = out / f"{notebook}.json"
     file.write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
     return file
+
+
+def chapter_fingerprint(notebook: str | os.PathLike, params: Mapping[str, Any]) -> str:
+    """sha256 of a chapter's code cells and its parameter overrides: what its numbers depend
+    on besides the package. Outputs and prose are left out, so a stripped notebook and the
+    executed one have the same fingerprint."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    code = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in cells if c["cell_type"] == "code"]  # fmt: skip
+    blob = json.dumps({"code": code, "params": dict(params)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _provenance(notebook: str) -> dict[str, Any]:
+    """Under a profile (``make book``), where the numbers came from: the command and the
+    chapter's fingerprint, so a test can tell stored book numbers from stale ones. Keys start
+    with ``_``; outside a profile (tests, readers) there are none."""
+    profile = os.environ.get(PROFILE_ENV, "").strip()
+    source = Path(f"{notebook}.ipynb")  # the chapters run in their own folder
+    if not profile or not source.is_file():
+        return {}
+    overrides = profile_parameters(notebook)
+    overrides.pop("results_dir", None)
+    return {
+        "_command": f"make book  (SNNLITE_PROFILE={profile}; notebooks/params.yml)",
+        "_chapter_sha256": chapter_fingerprint(source, overrides),
+    }

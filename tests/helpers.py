@@ -144,3 +144,31 @@ def bench_script(name: str) -> ModuleType:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return importlib.import_module(name)
+
+
+BOOK_RESULTS = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "book"
+
+
+def book_results(name: str) -> dict:
+    """The numbers chapter ``name`` computed at the book's parameters (``make book``), stored
+    in notebooks/results/book and committed, so every run (CI too) checks the claims of the
+    published pages. Fails if the file is missing or was computed by another version of the
+    chapter or of its book parameters: the stored numbers would not be the book's."""
+    import json
+
+    import yaml
+
+    from snnlite.notebook import chapter_fingerprint
+
+    path = BOOK_RESULTS / f"{name}.json"
+    redo = "run `make book` and commit notebooks/results/book"
+    assert path.is_file(), f"no book results at {path}: {redo}"
+    stored = json.loads(path.read_text())
+    notebooks = BOOK_RESULTS.parents[1]
+    params = yaml.safe_load((notebooks / "params.yml").read_text())["book"][name] or {}
+    current = chapter_fingerprint(notebooks / f"{name}.ipynb", params)
+    assert stored.get("_chapter_sha256") == current, (
+        f"{path.name} was computed by another version of the chapter or of its book "
+        f"parameters: {redo}"
+    )
+    return {k: v for k, v in stored.items() if not k.startswith("_")}

@@ -10,27 +10,23 @@ largest T close to the ANN's).
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import book_results
+
 NAME = "09_energy"
-BOOK_RESULTS = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "book"
 E_SOP, E_MAC = 77e-15, 12.5e-12  # the paper's constants, joules per SOP / per MAC
 
 
 @pytest.fixture(scope="module", params=["ci", "book"])
 def results(request, run_notebook) -> dict[str, Any]:
-    """The CI run's numbers, then those of the last `make book` (skipped if there is none)."""
+    """The CI run's numbers, then the book's (stored by `make book`, checked to be current)."""
     if request.param == "ci":
         return run_notebook(NAME)
-    book = BOOK_RESULTS / f"{NAME}.json"
-    if not book.is_file():
-        pytest.skip(f"no book results at {book}: run `make book` first")
-    return json.loads(book.read_text())
+    return book_results(NAME)
 
 
 def _models(results: dict[str, Any]) -> list[str]:

@@ -9,13 +9,14 @@ and cost nothing.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+
+from tests.helpers import book_results
 
 pytestmark = pytest.mark.notebook
 
@@ -350,10 +351,7 @@ def test_deviations(run_notebook) -> None:
 @pytest.mark.parametrize("name", [n for n in NOTEBOOK_PAGES if n != "09_energy"])
 def test_claims_hold_at_book_parameters(name: str) -> None:
     """The prose's claims, checked on the numbers of the last `make book` as well."""
-    path = NOTEBOOKS / "results" / "book" / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"no book results at {path}: run `make book` first")
-    r = json.loads(path.read_text())
+    r = book_results(name)
     _check_keys(r)
     globals()[f"claims_{name}"](r, PARAMS["book"][name])
 
