@@ -252,7 +252,7 @@ def test_resnet_blocks_call_their_shared_relu_twice() -> None:
 def test_stored_snn_accuracy_tables_are_consistent(name: str) -> None:
     """The SNN table stored with a zoo entry (python -m snnlite.zoo.snn_table) is complete and
     says what the conversion promises: every recipe within 2.5 points of the ANN at T = 256 and
-    LTB channel-wise within 3 points at T = 64 (measured on 500 images: ResNet -0.6, VGG -2.0;
+    LTB channel-wise within 3 points at T = 64 (measured on 500 images: ResNet -0.6, VGG -1.8;
     the VGG's gated max pools settle more slowly)."""
     table = zoo.info(name)["snn_accuracy"]
     if table is None:

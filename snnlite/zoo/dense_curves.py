@@ -139,7 +139,7 @@ def energy_tables() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="zoo scene model, e.g. scenes_fcn")
-    parser.add_argument("--images", type=int, default=500, help="first N zoo test scenes")
+    parser.add_argument("--images", type=int, default=100, help="first N zoo test scenes")
     parser.add_argument("--calibration-scenes", type=int, default=320)
     parser.add_argument("--calibration-batch", type=int, default=16)
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
@@ -155,6 +155,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
                      tuple(args.timesteps), target_timesteps=args.target_timesteps)  # fmt: skip
+    result["command"] = "python -m snnlite.zoo.dense_curves " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if v is not None and k not in ("no_save", "threads")
+    )
     text = json.dumps(result, indent=1)
     print(text)
     if args.no_save:
