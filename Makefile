@@ -129,13 +129,15 @@ vendor: $(VENDOR_STAMP)
 
 # The chapters execute with the parameters of section $(BOOK_PROFILE) of notebooks/params.yml
 # (snnlite.notebook.profile_parameters). jupyter-cache keys on the code cells only, so a change
-# of params.yml drops the execution cache.
+# of params.yml drops the execution cache, and Sphinx's environment with it: Sphinx re-reads
+# (and so re-executes) only pages it thinks changed, and an unchanged notebook is not one.
 BOOK_PROFILE ?= book
 BOOK_PARAMS := notebooks/params.yml
 BOOK_PARAMS_STAMP := book/_build/.params-$(BOOK_PROFILE)
 
 $(BOOK_PARAMS_STAMP): $(BOOK_PARAMS)
-	rm -rf book/_build/.jupyter_cache book/_build/.params-*
+	rm -rf book/_build/.jupyter_cache book/_build/.doctrees book/_build/jupyter_execute \
+	  book/_build/.params-*
 	mkdir -p book/_build
 	@touch $@
 
