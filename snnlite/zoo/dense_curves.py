@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 
 import torch
@@ -155,11 +157,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
                      tuple(args.timesteps), target_timesteps=args.target_timesteps)  # fmt: skip
-    result["command"] = "python -m snnlite.zoo.dense_curves " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-        if v is not None and k not in ("no_save", "threads")
-    )
+    result["command"] = "python -m snnlite.zoo.dense_curves " + shlex.join(sys.argv[1:])
     text = json.dumps(result, indent=1)
     print(text)
     if args.no_save:
