@@ -30,13 +30,16 @@ def _command(text: str) -> list[str]:
     return shlex.split(match.group(1))[3:]
 
 
-def _section_rows(text: str, model: str) -> dict[str, list[str]]:
-    """The curve table of ``model``'s section: row label -> cells."""
+def _section_rows(text: str, model: str) -> dict[str, list]:
+    """The curve table of ``model``'s section: ``"T"`` -> its time steps, and each row
+    label -> its cells as written."""
     section = text.split(f"## {model}\n", 1)[1].split("\n## ", 1)[0]
-    rows = {}
+    rows: dict[str, list] = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in ("accuracy (%)", "SOPs per image"):
+        if line.startswith("| | T="):
+            rows["T"] = [int(c.removeprefix("T=")) for c in cells[1:]]
+        elif line.startswith("| ") and cells[0] in ("accuracy (%)", "SOPs per image"):
             rows[cells[0]] = cells[1:]
     return rows
 
@@ -60,18 +63,13 @@ def test_energy_table_slice_reproduces_the_stored_section() -> None:
         assert fresh[label] == stored[label][:2], label
     # Same calibration and test images as the stored SNN table: the same accuracy.
     table = zoo.info(MODEL)["snn_accuracy"]
-    calibration = (CALIBRATION_BATCHES, CALIBRATION_BATCH)
-    assert table["command"].endswith("--calibration-batches {} --calibration-batch {}".format(
-        *calibration))  # fmt: skip
+    calibration = (
+        f"--calibration-batches {CALIBRATION_BATCHES} --calibration-batch {CALIBRATION_BATCH}"
+    )
+    assert table["command"].endswith(calibration)
     assert table["test_images"] == args.images
-    shared = [T for T in table["timesteps"] if T in _grid(text)]
+    energy = dict(zip(stored["T"], stored["accuracy (%)"], strict=True))
+    shared = [T for T in table["timesteps"] if T in energy]
     assert shared
-    energy = dict(zip(_grid(text), stored["accuracy (%)"], strict=True))
     for T in shared:
         assert energy[T] == f"{100 * table['recipes']['ltb-channel']['accuracy'][str(T)]:.2f}"
-
-
-def _grid(text: str) -> list[int]:
-    section = text.split(f"## {MODEL}\n", 1)[1]
-    header = next(line for line in section.splitlines() if line.startswith("| | T="))
-    return [int(t) for t in re.findall(r"T=(\d+)", header)]
