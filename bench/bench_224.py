@@ -1,44 +1,55 @@
-"""Simulation speed at 224 px against the dense bound, measured in ONE run.
+"""Simulation speed at 224 px against the dense bound and SpikingJelly, in ONE run.
 
 For torchvision's MobileNetV2 (its real ImageNet weights, from the zoo) and ResNet-18 (the
 architecture with random weights: its weight file is not shipped offline; the speed of a
 dense simulation does not depend on the weights' values), each converted with LTB on a few
-augmented photo crops, it times on the same batch of crops
+augmented photo crops, it times on the same batch of crops, in turns within each round
+(``bench_simulate.timings``):
 
-  (a) ``snnlite`` ``simulate`` for T steps with its default tiling,
+  (a) ``snnlite`` ``simulate`` for T steps, the batch as given (NCHW) and with
+      ``channels_last=True``,
   (b) the same with the tiling rule before ``snnlite.network.MIN_WORK`` (as many
       sample-steps per layer call as fit in ``work_bytes``, down to one),
-  (c) the dense bound: T plain forward passes of the ANN on the batch,
+  (c) the dense bound: T plain forward passes of the ANN on the batch, as given and with
+      model and batch channels-last (the ANN's own best layout on a CPU),
+  (d) SpikingJelly 2.0: its LTB conversion of the same ANN, stepped T times. It refuses
+      ReLU6 and a functional average pool, so MobileNetV2 reaches it with ReLU for ReLU6
+      and the pool as a module (``spikingjelly_twin``: the same layers and sizes; the cost
+      of a step does not depend on the cap).
 
-in turns within each round (``bench_simulate.timings``), and reports image-steps per second
-and the ratios (a)/(c) and (a)/(b), medians over the rounds. Written by::
+It reports image-steps per second (best round) and, for snnlite's faster layout, the ratios
+to (b), (c) and (d) (medians over rounds of ratios within a round); then, from one more run
+of (a) and (c) in each layout, where the time goes: milliseconds per image-step in each
+kind of layer. Written by::
 
     python bench/bench_224.py                       # 4 crops, T = 16, 3 rounds, 1 thread
     python bench/bench_224.py --images 8 --timesteps 32 --threads 2
 
-into ``bench/speed_224.json`` and ``bench/speed_224.md`` (``--no-write`` to print only).
+into ``bench/speed_224.json`` and ``bench/speed_224.md``, headed by the command
+(``--no-write`` to print only).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import copy
+import shlex
+import sys
 import time
-from pathlib import Path
+from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 import torchvision
-from bench_simulate import ratio, timings  # run as a script: bench/ is on sys.path
+from bench_simulate import machine, ratio, spikingjelly_runner, store, timings
 from torch import nn
 
 import snnlite
 from snnlite import network, zoo
 from snnlite.data.photos import augmented_crops
 
-HERE = Path(__file__).resolve().parent
 CALIBRATION_UPDATES = 8  # LTB updates: thresholds do not change the dense cost
+CHANNELS_LAST = torch.channels_last
 
 
 def models() -> dict[str, nn.Module]:
@@ -49,13 +60,65 @@ def models() -> dict[str, nn.Module]:
     }
 
 
-def measure(model: nn.Module, x: torch.Tensor, steps: int, repeats: int) -> dict[str, float]:
+def spikingjelly_twin(model: nn.Module) -> nn.Module:
+    """The same layers in a form SpikingJelly 2.0 converts: ReLU6 -> ReLU, and MobileNetV2's
+    functional average pool (which it refuses too) as a module in a Sequential."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.ReLU6):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, nn.ReLU())
+    if isinstance(model, torchvision.models.MobileNetV2):
+        pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        model = nn.Sequential(model.features, *pool, model.classifier).eval()
+    return model
+
+
+def kind(module: nn.Module) -> str:
+    """A layer's kind for the profile: convolutions by what they cost, else the class."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1 and module.groups == module.in_channels:
+            return "Conv2d depthwise"
+        return "Conv2d 1x1" if module.kernel_size == (1, 1) else "Conv2d"
+    return type(module).__name__
+
+
+def time_per_kind(run: Callable[[], object], work: int) -> dict[str, float]:
+    """Milliseconds per image-step spent in each kind of layer during one ``run``, timed
+    with torch's global module hooks (every layer call, the IF neurons included), plus
+    "outside layers" for the rest (the runner, functions such as the residual adds)."""
+    spent: dict[str, float] = defaultdict(float)
+    started: dict[int, float] = {}
+
+    def before(module: nn.Module, _inputs: object) -> None:
+        started[id(module)] = time.perf_counter()
+
+    def after(module: nn.Module, _inputs: object, _output: object) -> None:
+        if not any(True for _ in module.children()):  # layers, not containers
+            spent[kind(module)] += time.perf_counter() - started.pop(id(module))
+
+    hooks = [
+        nn.modules.module.register_module_forward_pre_hook(before),
+        nn.modules.module.register_module_forward_hook(after),
+    ]
+    try:
+        start = time.perf_counter()
+        run()
+        total = time.perf_counter() - start
+    finally:
+        for hook in hooks:
+            hook.remove()
+    spent["outside layers"] = total - sum(spent.values())
+    return {name: 1000 * seconds / work for name, seconds in spent.items()}
+
+
+def measure(model: nn.Module, x: torch.Tensor, steps: int, repeats: int) -> dict[str, dict]:
     """Rates (image-steps/s) and ratios of one model on the batch ``x``."""
     calibration = list(augmented_crops(4 * len(x), seed=3).split(len(x)))
     snn = snnlite.convert(model, calibration, iterations=CALIBRATION_UPDATES, progress=False)
-
-    def simulate() -> None:
-        snn.simulate(x, steps, progress=False)
+    x_last = x.contiguous(memory_format=CHANNELS_LAST)  # for the dense bound
+    model_last = copy.deepcopy(model).to(memory_format=CHANNELS_LAST)
+    spikingjelly = spikingjelly_runner(spikingjelly_twin(model), calibration)
 
     def simulate_before() -> None:
         floor = network.MIN_WORK
@@ -65,40 +128,81 @@ def measure(model: nn.Module, x: torch.Tensor, steps: int, repeats: int) -> dict
         finally:
             network.MIN_WORK = floor
 
-    def dense() -> None:
-        with torch.no_grad():
-            for _ in range(steps):
-                model(x)
+    def dense(net: nn.Module, batch: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                for _ in range(steps):
+                    net(batch)
 
-    runs = {"snnlite": simulate, "snnlite, one sample-step per call": simulate_before,
-            "dense bound": dense}  # fmt: skip
+        return run
+
+    runs = {
+        "snnlite": lambda: snn.simulate(x, steps, progress=False),
+        "snnlite channels-last": lambda: snn.simulate(x, steps, channels_last=True, progress=False),
+        "snnlite, one sample-step per call": simulate_before,
+        "dense bound": dense(model, x),
+        "dense bound channels-last": dense(model_last, x_last),
+    }
+    if spikingjelly is not None:
+        runs["SpikingJelly 2.0"] = lambda: spikingjelly(x, steps)
     times = timings(runs, repeats)
     work = len(x) * steps
     result = {f"{name} (image-steps/s)": work / min(t) for name, t in times.items()}
-    result["snnlite / dense bound"] = ratio(times["dense bound"], times["snnlite"])
+    # snnlite's faster layout, round by round as the ratios below take it
+    best = [min(a, b) for a, b in zip(times["snnlite"], times["snnlite channels-last"])]
+    for name in ("dense bound", "dense bound channels-last", "SpikingJelly 2.0"):
+        if name in times:
+            result[f"snnlite / {name}"] = ratio(times[name], best)
     result["snnlite / before"] = ratio(times["snnlite, one sample-step per call"],
                                        times["snnlite"])  # fmt: skip
-    return result
+    profiled = ("snnlite", "snnlite channels-last", "dense bound", "dense bound channels-last")
+    profile = {name: time_per_kind(runs[name], work) for name in profiled}
+    return {"speed": result, "profile": profile}
 
 
-def markdown(results: dict[str, dict[str, float]], header: dict[str, object]) -> str:
-    columns = list(next(iter(results.values())))
+def markdown(table: dict) -> str:
+    """The table as Markdown, headed by the command that wrote it."""
+    results = table["results"]
+    columns = list(next(iter(results.values()))["speed"])
     lines = [
+        f"<!-- written by: {table['command']} -->",
+        "",
         "# Simulation speed at 224 px",
         "",
-        "Written by `python bench/bench_224.py` (do not edit by hand; raw numbers in",
-        "`speed_224.json`). Rates are the best round; ratios are medians over rounds of",
-        "times taken in turns (ratios above 1: snnlite is faster).",
-        "",
-        ", ".join(f"{k}: {v}" for k, v in header.items()),
+        f"{table['images']} photo crops, T = {table['T']}, {table['rounds']} rounds taken in "
+        f"turns. Rates: the best round. Ratios: snnlite in its faster layout (NCHW or "
+        "channels-last, round by round) against each other run, medians over rounds (above 1: "
+        "snnlite is faster); 'before' is snnlite in the batch's layout against the tiling "
+        "without a floor on the work per call. SpikingJelly 2.0 refuses ReLU6: MobileNetV2 "
+        f"reaches it with ReLU instead (same layers and sizes). Machine: {table['machine']}.",
         "",
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    for name, row in results.items():
+    for name, result in results.items():
         cells = [f"{v:.1f}" if k.endswith("(image-steps/s)") else f"{v:.2f}x"
-                 for k, v in row.items()]  # fmt: skip
+                 for k, v in result["speed"].items()]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, result in results.items():
+        profile = result["profile"]
+        kinds = sorted({k for times in profile.values() for k in times},
+                       key=lambda k: -max(t.get(k, 0) for t in profile.values()))  # fmt: skip
+        lines += [
+            "",
+            f"## Where the time goes: {name}",
+            "",
+            "Milliseconds per image-step in each kind of layer, one more run of each, timed "
+            "with torch's module hooks (IFNeuron: snnlite's neurons; 'outside layers': the "
+            "rest, such as the residual adds and the runner's own work).",
+            "",
+            "| layer kind | " + " | ".join(profile) + " |",
+            "|---|" + "---|" * len(profile),
+        ]
+        for k in kinds:
+            cells = [f"{times[k]:.2f}" if k in times else "-" for times in profile.values()]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        totals = [f"{sum(times.values()):.2f}" for times in profile.values()]
+        lines.append("| all | " + " | ".join(totals) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,22 +216,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x = augmented_crops(args.images, seed=4)  # (N, 3, 224, 224)
-    results = {}
+    argv = [a for a in sys.argv[1:] if a != "--no-write"]
+    table = {
+        "command": shlex.join(["python", "bench/bench_224.py", *argv]),
+        "images": args.images,
+        "T": args.timesteps,
+        "rounds": args.repeats,
+        "machine": machine(),
+        "results": {},
+    }
     for name, model in models().items():
-        results[name] = measure(model, x, args.timesteps, args.repeats)
-        print(name, json.dumps(results[name]), flush=True)
-    header = {
-        "images": args.images, "T": args.timesteps, "rounds": args.repeats,
-        "threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }  # fmt: skip
-    if not args.no_write:
-        (HERE / "speed_224.json").write_text(json.dumps({"setting": header, "results": results},
-                                                        indent=1) + "\n")  # fmt: skip
-        (HERE / "speed_224.md").write_text(markdown(results, header))
-    print(markdown(results, header))
+        table["results"][name] = measure(model, x, args.timesteps, args.repeats)
+        print(name, table["results"][name], flush=True)
+    store("speed_224", table, markdown, write=not args.no_write)
 
 
 if __name__ == "__main__":

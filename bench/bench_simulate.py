@@ -1,7 +1,7 @@
 """Simulation speed, calibration cost and memory of snnlite, measured in ONE run.
 
-On the same converted VGG-style Fashion-MNIST network and the same input batch it prints
-image-steps per second for
+For each zoo Fashion-MNIST classifier, on the same converted network and the same input
+batch, it measures image-steps per second for
 
   (a) ``snnlite`` ``simulate`` (plain, and in channels-last memory format),
   (b) the dense bound: T plain forward passes of the ANN on the batch (and the same work as
@@ -9,12 +9,15 @@ image-steps per second for
   (c) a naive step-by-step loop over the same network (a straightforward implementation),
   (d) SpikingJelly 2.0's converted model (``LocalThresholdBalancingRecipe``), if installed,
 
-then calibration time over plain ANN inference time on the same batches, and the peak memory
-of a simulation at T = 64 against T = 1024 (each in a fresh process). Speed targets are
-ratios within this one run, so the machine's speed and load cancel out as far as possible.
+then calibration time over plain ANN inference time on the same batches, and (for the
+first model) the peak memory of a simulation at T = 64 against T = 1024, each in a fresh
+process. Speed targets are ratios within this one run, so the machine's speed and load
+cancel out as far as possible. Written by::
 
     python bench/bench_simulate.py                # batch 500, T = 64 (the reference setting)
-    python bench/bench_simulate.py --batch 100 --timesteps 32 --repeats 1   # quick look
+    python bench/bench_simulate.py --batch 100 --timesteps 32 --repeats 1 --no-write
+
+into ``bench/speed_zoo.json`` and ``bench/speed_zoo.md``, headed by the command.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -84,15 +88,15 @@ def ratio(slower: list[float], faster: list[float]) -> float:
     return statistics.median(s / f for s, f in zip(slower, faster, strict=True))
 
 
-def load_network() -> tuple[nn.Module, str]:
+def load_network(name: str = "fmnist_vgg") -> tuple[nn.Module, str]:
     from snnlite import zoo
 
     try:
-        return zoo.load("fmnist_vgg"), "zoo fmnist_vgg (trained)"
+        return zoo.load(name), f"zoo {name} (trained)"
     except Exception as error:  # weights not there yet: same architecture, BN from data
-        warnings.warn(f"zoo weights unavailable ({error}); using an untrained FashionVGG",
+        warnings.warn(f"zoo weights unavailable ({error}); using an untrained {name}",
                       stacklevel=2)  # fmt: skip
-        return zoo.build("fmnist_vgg").eval(), "FashionVGG (untrained)"
+        return zoo.build(name).eval(), f"{name} (untrained)"
 
 
 class NaiveIF(nn.Module):
@@ -182,27 +186,23 @@ def peak_memory_mb(timesteps: int, batch: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--timesteps", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--calibration-batches", type=int, default=60)
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--json", help="also write the numbers to this file")
-    args = parser.parse_args()
-    torch.manual_seed(0)
+RUNS = {
+    "snnlite": "(a) snnlite simulate",
+    "snnlite channels-last": "(a') snnlite simulate, channels_last",
+    "dense": "(b) dense bound: T ANN forwards",
+    "dense batched": "(b') dense, one batched channels_last call",
+    "naive": "(c) naive step-by-step loop",
+    "spikingjelly": "(d) SpikingJelly 2.0 LTB model",
+}
+TARGETS = {"snnlite / dense bound": ">= 1.0", "snnlite / SpikingJelly": ">= 1.3",
+           "calibration / ANN inference": "<= 1.2"}  # fmt: skip
 
-    model, description = load_network()
-    images, _ = fashion_mnist_tensors("test")
-    train, _ = fashion_mnist_tensors("train")
-    x = images[: args.batch]
-    calibration = [train[i * 100 : (i + 1) * 100] for i in range(args.calibration_batches)]
-    steps, work = args.timesteps, args.batch * args.timesteps
-    print(f"network: {description}; batch {args.batch}, T = {steps}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
 
-    # Calibration cost against plain inference on the same batches.
+def measure(name: str, x: torch.Tensor, calibration: list[torch.Tensor], steps: int,
+            repeats: int) -> dict:  # fmt: skip
+    """Rates, ratios and calibration cost of one zoo model (see the module docstring)."""
+    model, description = load_network(name)
+
     def infer() -> None:
         with torch.no_grad():
             for batch in calibration:
@@ -215,9 +215,8 @@ def main() -> None:
     # on its own ("cold"); the ratio compares warm runs, as the inference baseline is.
     start = time.perf_counter()
     snn = calibrate()
-    cold_calibration_time = time.perf_counter() - start
-    timed = timings({"inference": infer, "calibration": calibrate}, args.repeats)
-    inference_time, calibration_time = min(timed["inference"]), min(timed["calibration"])
+    cold = time.perf_counter() - start
+    timed = timings({"inference": infer, "calibration": calibrate}, repeats)
 
     def dense() -> None:
         with torch.no_grad():
@@ -232,56 +231,110 @@ def main() -> None:
             model_cl(x_folded)
 
     runs = {
-        "(a) snnlite simulate": lambda: snn.simulate(x, [steps], progress=False),
-        "(a') snnlite simulate, channels_last":
+        RUNS["snnlite"]: lambda: snn.simulate(x, [steps], progress=False),
+        RUNS["snnlite channels-last"]:
             lambda: snn.simulate(x, [steps], channels_last=True, progress=False),
-        "(b) dense bound: T ANN forwards": dense,
-        "(b') dense, one batched channels_last call": dense_batched,
-        "(c) naive step-by-step loop": lambda: naive_loop(snn, x, steps),
+        RUNS["dense"]: dense,
+        RUNS["dense batched"]: dense_batched,
+        RUNS["naive"]: lambda: naive_loop(snn, x, steps),
     }  # fmt: skip
     sj = spikingjelly_runner(model, calibration)
     if sj is not None:
-        runs["(d) SpikingJelly 2.0 LTB model"] = lambda: sj(x, steps)
-    print(f"speed (higher is better; best of {args.repeats} rounds, the runs taken in turns):")
-    times = timings(runs, args.repeats)
-    results: dict[str, float] = {}
-    for name, seconds in times.items():
-        results[name] = work / min(seconds)
-        print(f"  {name:<44s} {results[name]:>9.0f} image-steps/s")
-    if sj is None:
-        print("  (d) SpikingJelly not installed: skipped")
-
+        runs[RUNS["spikingjelly"]] = lambda: sj(x, steps)
+    times = timings(runs, repeats)
+    work = len(x) * steps
+    rates = {run: work / min(seconds) for run, seconds in times.items()}
     # snnlite's better layout in each round, against each baseline in the same round
-    ours = [min(a, b) for a, b in zip(times["(a) snnlite simulate"],
-                                      times["(a') snnlite simulate, channels_last"])]  # fmt: skip
-    print(f"ratios (median over the {args.repeats} rounds of the ratio within a round):")
-    for label, name, target in (
-        ("snnlite / dense bound", "(b) dense bound: T ANN forwards", ">= 1.0"),
-        ("snnlite / naive loop", "(c) naive step-by-step loop", None),
-        ("snnlite / SpikingJelly", "(d) SpikingJelly 2.0 LTB model", ">= 1.3"),
-    ):
-        if name in times:
-            results[label] = ratio(times[name], ours)
-            note = f"  (target {target})" if target else ""
-            print(f"  {label:<28s} {results[label]:.2f}x{note}")
-    calibration = ratio(timed["calibration"], timed["inference"])
-    print(f"  calibration / ANN inference  {calibration:.2f}x  (target <= 1.2; best "
-          f"{calibration_time:.2f} s vs {inference_time:.2f} s, includes tracing and the "
-          f"delay estimate; the first, cold conversion {cold_calibration_time:.2f} s)")  # fmt: skip
-    results["calibration_over_inference"] = calibration
-    results["cold_calibration_over_inference"] = cold_calibration_time / inference_time
+    ours = [min(a, b) for a, b in zip(times[RUNS["snnlite"]],
+                                      times[RUNS["snnlite channels-last"]])]  # fmt: skip
+    ratios = {
+        label: ratio(times[RUNS[run]], ours)
+        for label, run in (("snnlite / dense bound", "dense"),
+                           ("snnlite / naive loop", "naive"),
+                           ("snnlite / SpikingJelly", "spikingjelly"))
+        if RUNS[run] in times
+    }  # fmt: skip
+    ratios["calibration / ANN inference"] = ratio(timed["calibration"], timed["inference"])
+    return {
+        "network": description,
+        "image-steps/s": rates,
+        "ratios": ratios,
+        "seconds": {"inference": min(timed["inference"]),
+                    "calibration": min(timed["calibration"]), "cold calibration": cold},
+    }  # fmt: skip
 
+
+def markdown(table: dict) -> str:
+    """The table as Markdown, headed by the command that wrote it (from the table as stored)."""
+    lines = [
+        f"<!-- written by: {table['command']} -->",
+        "",
+        "# Simulation speed on the zoo classifiers",
+        "",
+        f"Batch of {table['batch']} Fashion-MNIST test images, T = {table['T']}, "
+        f"{table['rounds']} rounds with the runs taken in turns after a warm-up round. Rates: "
+        "the best round. Ratios: snnlite in its faster layout round by round against each "
+        "other run, medians over rounds (above 1: snnlite is faster); calibration: LTB over "
+        f"{table['calibration_batches']} batches of 100 against ANN inference on the same "
+        f"batches. Machine: {table['machine']}.",
+        "",
+        "| run | " + " | ".join(table["models"]) + " |",
+        "|---|" + "---|" * len(table["models"]),
+    ]
+    results = list(table["models"].values())
+    for run in RUNS.values():
+        cells = [f"{r['image-steps/s'][run]:.0f}" if run in r["image-steps/s"] else "-"
+                 for r in results]  # fmt: skip
+        lines.append(f"| {run} (image-steps/s) | " + " | ".join(cells) + " |")
+    for label in results[0]["ratios"]:
+        cells = [f"{r['ratios'][label]:.2f}x" if label in r["ratios"] else "-" for r in results]
+        target = f" (target {TARGETS[label]})" if label in TARGETS else ""
+        lines.append(f"| {label}{target} | " + " | ".join(cells) + " |")
+    memory = table.get("memory")
+    if memory:
+        lines += [
+            "",
+            f"Peak resident memory of a fresh process that converts {memory['network']} and "
+            f"simulates a batch of {memory['batch']}: {memory['T=64 MB']:.0f} MB at T = 64, "
+            f"{memory['T=1024 MB']:.0f} MB at T = 1024 (flat in T: the same).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="fmnist_vgg,fmnist_resnet")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--timesteps", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--calibration-batches", type=int, default=60)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    images, _ = fashion_mnist_tensors("test")
+    train, _ = fashion_mnist_tensors("train")
+    x = images[: args.batch]
+    calibration = [train[i * 100 : (i + 1) * 100] for i in range(args.calibration_batches)]
+    argv = [a for a in sys.argv[1:] if a != "--no-write"]
+    table: dict = {
+        "command": shlex.join(["python", "bench/bench_simulate.py", *argv]),
+        "batch": args.batch,
+        "T": args.timesteps,
+        "rounds": args.repeats,
+        "calibration_batches": args.calibration_batches,
+        "machine": machine(),
+        "models": {},
+    }
+    for name in args.models.split(","):
+        table["models"][name] = measure(name, x, calibration, args.timesteps, args.repeats)
+        print(name, json.dumps(table["models"][name]["ratios"]), flush=True)
     if not args.skip_memory:
         probe = min(args.batch, 100)  # T = 1024 on the full batch would take minutes
-        short, long = peak_memory_mb(64, probe), peak_memory_mb(1024, probe)
-        print(
-            f"peak memory of convert + simulate (batch {probe}): T=64 {short:.0f} MB, "
-            f"T=1024 {long:.0f} MB (ratio {long / max(short, 1e-9):.2f}, flat: 1.0)"
-        )
-        results.update(memory_T64_mb=short, memory_T1024_mb=long)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        table["memory"] = {"network": load_network()[1], "batch": probe,
+                           "T=64 MB": peak_memory_mb(64, probe),
+                           "T=1024 MB": peak_memory_mb(1024, probe)}  # fmt: skip
+    store("speed_zoo", table, markdown, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -48,6 +49,8 @@ MIN_WINDOW = 4  # if T < t0 + 4, read out the last 4 steps
 CHUNK_STEPS = 16  # time steps per layer call, at most (see _tiling)
 CACHE_BYTES = 2**21  # one sample-step larger than this overflows the caches anyway
 MIN_WORK = 8  # sample-steps per layer call, at least, for such large activations
+# Layers whose output is a new tensor, so a neuron they feed alone may overwrite it.
+_FRESH_OUTPUT = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
 def readout_start(timesteps: int, delay: int | float) -> int:
@@ -227,7 +230,9 @@ class SpikingNetwork(nn.Module):
                 ``work_bytes`` of activations: a working set that stays in the CPU's caches
                 and allocator, and memory that does not grow with T; time steps first, up
                 to ``CHUNK_STEPS``, then samples (see ``_tiling``).
-            channels_last: run 4-D activations in channels-last memory format.
+            channels_last: run 4-D activations in channels-last memory format (a batch
+                already in that format runs in it anyway). On a CPU this is often the faster
+                layout for convolutions, depthwise ones most (``bench/speed_224.md``).
             progress: show a progress bar (defaults to the setting given at conversion).
             record_spikes: keep per-step spike counts of every neuron (``spike_counts``) and
                 the events and synaptic operations of every spike source, in
@@ -615,6 +620,16 @@ class _Runner:
                 last[arg] = i
         return last
 
+    def _spent(self, source: fx.Node, i: int) -> bool:
+        """Whether node ``i`` may overwrite the value of ``source``: it is the last node to
+        read it, nothing watches it, and it is a layer's fresh output (not a view that shares
+        memory with another node's value)."""
+        if self.last_use.get(source) != i or source in self.watch:
+            return False
+        if source.op == "call_module":
+            return isinstance(self.ann.get_submodule(source.target), _FRESH_OUTPUT)
+        return source.op == "call_function" and source.target in (operator.add, torch.add)
+
     def reset(self) -> None:
         for module in self.temporal.values():
             module.reset()
@@ -691,7 +706,7 @@ class _Runner:
             if isinstance(module, IFNeuron):
                 source = node.args[0]
                 if source in self.dynamic:
-                    value = module(env[source], steps)
+                    value = module(env[source], steps, in_place=self._spent(source, i))
                 else:  # constant current: integrate it without repeating it
                     value = module(static[source], steps, constant=True)
             else:

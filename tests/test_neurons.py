@@ -191,6 +191,13 @@ def test_fused_neuron_kernel_is_bit_identical(channels_last: bool, thresholds: s
         b, ub = integrate_and_fire(source, membrane.clone(), theta, steps, backend="fused")
         assert torch.equal(a, b) and torch.equal(ua, ub)
         assert a.any()
+    for backend in ("torch", "fused"):  # spikes written over the currents: the same
+        a, ua = integrate_and_fire(currents, membrane.clone(), theta, backend=backend)
+        overwritten = currents.clone(memory_format=torch.preserve_format)
+        b, ub = integrate_and_fire(overwritten, membrane.clone(), theta, backend=backend,
+                                   in_place=True)  # fmt: skip
+        assert b.data_ptr() == overwritten.data_ptr()
+        assert torch.equal(a, b) and torch.equal(ua, ub) and torch.equal(b, overwritten)
 
 
 @kernels_available

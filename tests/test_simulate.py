@@ -176,6 +176,32 @@ def test_simulate_equals_a_step_by_step_oracle(photo_crops, max_pool) -> None:
         assert torch.allclose(ours[T].double(), reference, rtol=1e-5, atol=1e-6)
 
 
+class CurrentReadTwice(nn.Module):
+    """A conv output read by a neuron and again later (the skip), next to one that a neuron
+    alone reads: only the second may be overwritten by the spikes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+    def forward(self, x):
+        y = self.stem(nn.functional.avg_pool2d(x, 8))  # (N, 8, 4, 4), constant in time
+        z = self.inner(torch.relu(y))  # time-varying, read by the next neuron alone
+        return self.head(torch.relu(z) + z)  # z read again after its neuron
+
+
+def test_spikes_overwrite_a_current_only_where_nothing_reads_it_later(photo_crops) -> None:
+    torch.manual_seed(0)
+    model = CurrentReadTwice().double().eval()
+    images = photo_crops.double()
+    snn = snnlite.convert(model, [images[:16]], iterations=8, progress=False)
+    x = images[32:36]
+    ours = snn.simulate(x, 20, delay=0, chunk_size=8)
+    assert torch.allclose(ours[20], oracle(snn, x, 20, gated=True), rtol=1e-5, atol=1e-6)
+
+
 # --- analog parts and errors -----------------------------------------------------------
 
 

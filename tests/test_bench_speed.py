@@ -1,0 +1,87 @@
+"""The stored speed tables (bench/speed_zoo.* from bench/bench_simulate.py, bench/speed_224.*
+from bench/bench_224.py): their rendering, what they claim, and the profiler behind the
+224 px table's "where the time goes".
+
+Speeds are not re-measured here: timings belong to bench/, as ratios taken in one run (a
+test run shares the machine with other tests, which would make them noise). What the suite
+holds is that each Markdown table is the script's rendering of its JSON, headed by the
+command that wrote it, and that the stored ratios meet the targets they are shown against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import snnlite
+from tests.helpers import bench_script
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+speed_zoo = bench_script("bench_simulate")
+speed_224 = bench_script("bench_224")
+
+
+def stored(stem: str) -> dict:
+    return json.loads((BENCH / f"{stem}.json").read_text())
+
+
+@pytest.mark.parametrize(("stem", "script"), [("speed_zoo", speed_zoo), ("speed_224", speed_224)])
+def test_the_stored_table_is_the_scripts_rendering_of_its_numbers(stem, script) -> None:
+    table = stored(stem)
+    assert table["command"].startswith(f"python bench/{Path(script.__file__).name}")
+    text = (BENCH / f"{stem}.md").read_text()
+    assert text.startswith(f"<!-- written by: {table['command']} -->")
+    assert text == script.markdown(table)
+
+
+def test_zoo_classifiers_simulate_at_the_dense_bound_and_beyond_spikingjelly() -> None:
+    table = stored("speed_zoo")
+    assert set(table["models"]) == {"fmnist_vgg", "fmnist_resnet"}
+    for name, result in table["models"].items():
+        ratios = result["ratios"]
+        assert ratios["snnlite / dense bound"] >= 1.0, name
+        assert ratios["snnlite / SpikingJelly"] >= 1.3, name
+    memory = table["memory"]
+    assert memory["T=1024 MB"] <= 1.1 * memory["T=64 MB"]  # flat in T
+
+
+def test_224px_models_simulate_at_least_at_the_plain_dense_bound() -> None:
+    results = stored("speed_224")["results"]
+    for name, result in results.items():
+        speed = result["speed"]
+        assert speed["snnlite / dense bound"] >= 1.0, name
+        assert speed["snnlite / SpikingJelly 2.0"] > 1.0, name
+        profile = result["profile"]["snnlite channels-last"]
+        assert "IFNeuron" in profile and "BatchNorm2d" not in profile  # BN folded away
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pointwise = nn.Conv2d(8, 8, 1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.depthwise(torch.relu(self.pointwise(torch.relu(self.conv(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_the_profile_splits_one_run_by_layer_kind(photo_crops) -> None:
+    """Every layer call lands in its kind, neurons included; the parts add up to the run."""
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    snn = snnlite.convert(model, [photo_crops[:8]], iterations=2, progress=False)
+    assert speed_224.kind(model.pointwise) == "Conv2d 1x1"
+    assert speed_224.kind(model.depthwise) == "Conv2d depthwise"
+    assert speed_224.kind(model.conv) == "Conv2d"
+    profile = speed_224.time_per_kind(lambda: snn.simulate(photo_crops[:4], 8), work=32)
+    assert {"IFNeuron", "Conv2d 1x1", "Conv2d depthwise", "Linear"} <= set(profile)
+    assert all(ms > 0 for name, ms in profile.items() if name != "outside layers")
+    hooks = nn.modules.module._global_forward_hooks
+    assert not hooks  # removed after the run
