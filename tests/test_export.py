@@ -93,9 +93,18 @@ def test_snntorch_reads_the_same_network(build, data) -> None:
         theirs, ours = sum(counts[name]), int(spikes[site].sum())
         assert ours > 0 and abs(theirs - ours) <= 5e-5 * ours, (site, theirs, ours)
     start = snn.skipped_steps(T, "auto")
-    predictions = outputs[start:].mean(0).argmax(1)
-    assert torch.equal(predictions, reference.argmax(1))  # so the accuracy is the same
-    assert (predictions == labels).float().mean() == (reference.argmax(1) == labels).float().mean()
+    theirs = outputs[start:].mean(0)
+    # The same predictions, except where a spike that float32 rounding moved (counted above)
+    # tips a near-tie: only images whose top two outputs are closer than the two readouts
+    # differ may change their answer, and few do (on one CPU none, on another 1 of 100).
+    flipped = theirs.argmax(1) != reference.argmax(1)
+    top_two = reference.topk(2, dim=1).values
+    margin = top_two[:, 0] - top_two[:, 1]
+    difference = (theirs - reference).abs().amax(1)
+    assert (margin[flipped] <= 2 * difference[flipped]).all()
+    assert int(flipped.sum()) <= 2
+    correct = (theirs.argmax(1) == labels).sum() - (reference.argmax(1) == labels).sum()
+    assert abs(int(correct)) <= int(flipped.sum())
 
 
 def test_max_pools_are_refused_by_name(data) -> None:
