@@ -77,7 +77,8 @@ def spikingjelly_accuracy(model: nn.Module, calibration: list[torch.Tensor], x: 
     return {T: correct[T] / len(x) for T in timesteps}, delays
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (the test that re-runs a slice reads the stored command with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="fmnist_resnet")
     parser.add_argument("--images", type=int, default=2000, help="first N test images")
@@ -86,7 +87,11 @@ def main() -> None:
     parser.add_argument("--targets", default="8,16,64", help="low-latency target T's")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     torch.manual_seed(0)
     model = load(args.model)
     x, y = fashion_mnist_tensors("test")
