@@ -90,15 +90,20 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
-    args = parser().parse_args()
+def inputs(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Tensor, list]:
+    """The model, the test images and labels, and the calibration batches of a command."""
     torch.manual_seed(0)
     model = load(args.model)
     x, y = fashion_mnist_tensors("test")
-    x, y = x[: args.images], y[: args.images]
     train, _ = fashion_mnist_tensors("train")
     size = args.calibration_batch
     calibration = [train[i * size : (i + 1) * size] for i in range(args.calibration_batches)]
+    return model, x[: args.images], y[: args.images], calibration
+
+
+def main() -> None:
+    args = parser().parse_args()
+    model, x, y, calibration = inputs(args)
 
     rows: dict[str, dict] = {}
     start = time.perf_counter()

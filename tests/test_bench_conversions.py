@@ -20,7 +20,6 @@ import json
 import shlex
 
 import pytest
-import torch
 
 from tests.helpers import bench_script
 
@@ -55,20 +54,11 @@ def test_a_slice_of_the_comparison_reproduces_from_its_command(stored) -> None:
     converts them, read out at T = 4 and 8 on the same test images, each with its own
     delay: the stored accuracies and SpikingJelly's stored delays, exactly."""
     import snnlite
-    from snnlite.data import fashion_mnist_tensors
     from snnlite.metrics import accuracy_curve
-    from snnlite.zoo import load
 
-    argv = shlex.split(stored["command"])[2:]
-    args = bench_parity.parser().parse_args(argv)
+    args = bench_parity.parser().parse_args(shlex.split(stored["command"])[2:])
+    model, x, y, calibration = bench_parity.inputs(args)
     steps = tuple(stored["timesteps"][:2])
-    torch.manual_seed(0)
-    model = load(args.model)
-    x, y = fashion_mnist_tensors("test")
-    x, y = x[: args.images], y[: args.images]
-    train, _ = fashion_mnist_tensors("train")
-    size = args.calibration_batch
-    calibration = [train[i * size : (i + 1) * size] for i in range(args.calibration_batches)]
     ours = accuracy_curve(snnlite.convert(model, calibration, progress=False), x, y, steps,
                           batch_size=args.batch_size)  # fmt: skip
     theirs, delays = bench_parity.spikingjelly_accuracy(model, calibration, x, y, steps,
