@@ -47,6 +47,15 @@ def available(tensor: Tensor) -> bool:
 if numba is not None:
 
     @numba.njit(inline="always")
+    def _block(b, per_sample, period):  # pragma: no cover
+        """Block ``b`` of a flat (N * P,) layer cut into ``per_sample`` blocks per sample of
+        P neurons: its range [lo, hi) within the sample and [start, stop) in the layer."""
+        lo = b % per_sample * BLOCK
+        hi = min(lo + BLOCK, period)
+        start = b // per_sample * period + lo
+        return lo, hi, start, start + hi - lo
+
+    @numba.njit(inline="always")
     def _if_step(u, value, level, zero, current, spike):  # pragma: no cover
         """One step of a block: integrate, fire (at most one spike), reset by subtraction.
         ``spike`` may be ``current`` itself (each element is read before it is written)."""
@@ -74,10 +83,7 @@ if numba is not None:
         per_sample = (period + BLOCK - 1) // BLOCK
         zero = np.zeros(1, dtype=membrane.dtype)[0]
         for b in numba.prange(size // period * per_sample):
-            lo = b % per_sample * BLOCK
-            hi = min(lo + BLOCK, period)
-            start = b // per_sample * period + lo
-            stop = start + hi - lo
+            lo, hi, start, stop = _block(b, per_sample, period)
             u = membrane[start:stop]  # a block's membranes stay in L1 across the steps
             for t in range(steps):
                 row = 0 if constant else t
@@ -92,10 +98,7 @@ if numba is not None:
         per_sample = (period + BLOCK - 1) // BLOCK
         zero = np.zeros(1, dtype=membrane.dtype)[0]
         for b in numba.prange(size // period * per_sample):
-            lo = b % per_sample * BLOCK
-            hi = min(lo + BLOCK, period)
-            start = b // per_sample * period + lo
-            stop = start + hi - lo
+            lo, hi, start, stop = _block(b, per_sample, period)
             u = membrane[start:stop]
             for t in range(steps):
                 row = currents[t, start:stop]
