@@ -161,6 +161,7 @@ def run_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
             done[name] = json.loads((out / f"{name}.json").read_text())
         return done[name]
 
+    run.folder = out  # the executed notebooks, <name>.ipynb, with their outputs
     yield run
     for key, value in env.items():
         if value is not None:

@@ -9,13 +9,17 @@ and cost nothing.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
+from tests.conftest import CELL_TIMEOUT
 from tests.helpers import book_results
 
 pytestmark = pytest.mark.notebook
@@ -31,6 +35,7 @@ NOTEBOOK_PAGES = [
     if entry["file"].startswith("notebooks/")
 ]
 CHAPTERS = [name for name in NOTEBOOK_PAGES if re.match(r"\d\d_", name)]  # numbered
+NBVAL_SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 METRIC_KEY = re.compile(r"^(.*_)?(ann_(accuracy|miou|map)|snn_(accuracy|miou|map)_T\d+)$")
 
 
@@ -356,6 +361,32 @@ def test_claims_hold_at_book_parameters(name: str) -> None:
     r = book_results(name)
     _check_keys(r)
     globals()[f"claims_{name}"](r, PARAMS["book"][name])
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_PAGES)
+def test_outputs_repeat_in_a_second_run(name: str, run_notebook) -> None:
+    """nbval in strict mode (not ``--nbval-lax``): the chapter as the papermill run above
+    executed it (CI parameters, solutions included, outputs kept) runs again in a fresh
+    kernel, and every cell's text output, stdout and stderr must come back identical.
+
+    The notebooks are committed without outputs, so the reference is that first run: this
+    holds every printed number, table and warning to run-to-run reproducibility, and fails
+    on a warning the reader would see only sometimes. Not compared: durations (sanitised by
+    tests/nbval_sanitize.cfg), figures (nbval leaves images to nbdime) and the widget cells
+    marked ``# NBVAL_IGNORE_OUTPUT`` (their output is drawn by a frontend, which papermill's
+    recording and nbval's bare kernel client model differently).
+    """
+    run_notebook(name)
+    folder = run_notebook.folder
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
+        "--rootdir", str(folder), "--nbval", "--nbval-current-env",
+        "--nbval-sanitize-with", str(NBVAL_SANITIZE),
+        "--nbval-cell-timeout", str(CELL_TIMEOUT), str(folder / f"{name}.ipynb"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    report = result.stdout[-6000:]
+    assert result.returncode == 0, f"{name}: outputs changed in a second run\n{report}"
 
 
 def test_widget_cells_record_outputs_without_messaging_the_kernel(tmp_path) -> None:
