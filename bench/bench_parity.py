@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import snnlite
-from snnlite.data import fashion_mnist_tensors
+from snnlite.data import fashion_mnist_benchmark
 from snnlite.latency import TUNING_SAMPLES, tune_for_latency
 from snnlite.metrics import accuracy_curve, ann_accuracy
 from snnlite.zoo import load
@@ -94,11 +94,10 @@ def inputs(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Ten
     """The model, the test images and labels, and the calibration batches of a command."""
     torch.manual_seed(0)
     model = load(args.model)
-    x, y = fashion_mnist_tensors("test")
-    train, _ = fashion_mnist_tensors("train")
-    size = args.calibration_batch
-    calibration = [train[i * size : (i + 1) * size] for i in range(args.calibration_batches)]
-    return model, x[: args.images], y[: args.images], calibration
+    x, y, calibration = fashion_mnist_benchmark(
+        args.images, args.calibration_batches, args.calibration_batch
+    )
+    return model, x, y, calibration
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import snnlite
-from snnlite.data import fashion_mnist_tensors
+from snnlite.data import fashion_mnist_benchmark, fashion_mnist_tensors
 from snnlite.latency import TUNING_SAMPLES, tune_for_latency
 from snnlite.metrics import accuracy_curve, ann_accuracy
 from snnlite.zoo import load
@@ -78,6 +78,15 @@ def spikingjelly_accuracy_at(net: nn.Module, loader: list, x: torch.Tensor, y: t
     return accuracy_at
 
 
+def low_latency_start(model: nn.Module, calibration: list[torch.Tensor]
+                      ) -> tuple[snnlite.SpikingNetwork, torch.Tensor]:  # fmt: skip
+    """What the low-latency rows are tuned from: one LTB conversion with the cumulative pool,
+    and the first TUNING_SAMPLES calibration images. Tuning a copy of it for T is what
+    ``convert(..., target_timesteps=T)`` builds, without repeating the LTB pass for every T."""
+    base = snnlite.convert(model, calibration, max_pool="cumulative", progress=False)
+    return base, torch.cat(list(calibration))[:TUNING_SAMPLES]
+
+
 def measure(model_name: str, calibration: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
             timing_batch: torch.Tensor, repeats: int, batch_size: int) -> dict:  # fmt: skip
     """One model: the T each converter needs, and its speed there against the ANN's."""
@@ -98,13 +107,9 @@ def measure(model_name: str, calibration: list[torch.Tensor], x: torch.Tensor, y
     if (T := row["T"]) is not None:
         runs["snnlite paper (LTB)"] = lambda T=T: paper.simulate(timing_batch, [T], progress=False)
 
-    # The low-latency networks are tuned from one LTB conversion with the cumulative pool,
-    # on the first TUNING_SAMPLES calibration images: what convert(..., target_timesteps=T)
-    # builds, without repeating the LTB pass for every T.
     start = time.perf_counter()
-    base = snnlite.convert(model, calibration, max_pool="cumulative", progress=False)
+    base, tuning = low_latency_start(model, calibration)
     base_seconds = time.perf_counter() - start
-    tuning = torch.cat(list(calibration))[:TUNING_SAMPLES]
     tuned: dict[int, tuple[snnlite.SpikingNetwork, float]] = {}
 
     def tuned_at(T: int) -> float:
@@ -180,7 +185,8 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (the test that re-runs a slice reads the stored command with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="fmnist_vgg,fmnist_resnet")
     parser.add_argument("--images", type=int, default=2000, help="first N test images")
@@ -190,14 +196,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
+    return parser
+
+
+def inputs(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor]:
+    """The test images and labels, the calibration batches and the timing batch (the last
+    test images) of a command."""
     torch.manual_seed(0)
-    x, y = fashion_mnist_tensors("test")
-    x, y = x[: args.images], y[: args.images]
-    train, _ = fashion_mnist_tensors("train")
-    size = args.calibration_batch
-    calibration = [train[i * size : (i + 1) * size] for i in range(args.calibration_batches)]
+    x, y, calibration = fashion_mnist_benchmark(
+        args.images, args.calibration_batches, args.calibration_batch
+    )
     timing_batch = fashion_mnist_tensors("test")[0][-args.timing_batch :]
+    return x, y, calibration, timing_batch
+
+
+def main() -> None:
+    args = parser().parse_args()
+    x, y, calibration, timing_batch = inputs(args)
+    size = args.calibration_batch
     table = {
         "command": f"python bench/bench_time_to_accuracy.py --models {args.models} "
         f"--images {args.images} --calibration-batches {args.calibration_batches} "
