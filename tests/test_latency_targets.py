@@ -12,7 +12,8 @@ enough images for that error to be at most a third of its tolerance:
 
 * T = 8 (within 2.5 points): the first 1000 images (standard error <= 0.6 points);
 * T = 16 (within 0.5): the whole test set, since a third of 0.5 points would need more
-  than 10 000 images (on the whole test set the gap is exact);
+  than 10 000 images (on the whole test set the gap is exact, and the accuracy is the
+  stored table's own measurement, re-run: it must give the stored value);
 * T = 64 (within 0.3): the first 5000 images (standard error <= 0.1 points).
 """
 
@@ -38,6 +39,10 @@ MET_TARGETS = {
 }
 LIVE_IMAGES = {8: 1000, 16: 10000, 64: 5000}
 BELOW_PAPER_AT_64 = 0.003
+# A live measurement on the whole test set against the stored table: equal on the machine
+# that wrote the table; on another CPU the convolutions sum in another order, and the tuning
+# can turn that into a few images (seen: 0.15 points on 2000 images).
+REPRODUCED = 0.0005
 WHOLE_TEST_SET = 10000
 CALIBRATION_BATCHES, CALIBRATION_BATCH = 600, 100  # the stored tables' calibration
 TUNING_IMAGES = 512  # what convert(target_timesteps=...) tunes on by default
@@ -88,6 +93,11 @@ def test_each_target_comes_within_its_tolerance_of_the_ann(stored_setting, targe
     if n < WHOLE_TEST_SET:  # the subset is large enough to stand for the whole set
         discordant = float((ann != snn).double().mean())
         assert (discordant / n) ** 0.5 <= tolerance / 3, (s["name"], target, discordant)
+    if n == WHOLE_TEST_SET:  # the stored table's own measurement, re-run
+        table = json.loads((RESULTS_DIR / f"{s['name']}_latency.json").read_text())
+        stored = table["targets"][str(target)]["default"]["accuracy"][str(target)]
+        assert float(ann.double().mean()) == table["ann_accuracy"]
+        assert abs(float(snn.double().mean()) - stored) <= REPRODUCED, (s["name"], stored)
     if target == 8:  # the paper's network is far behind there
         paper = right_answers(s["paper"], x, y, 8)
         assert snn.double().mean() >= paper.double().mean() + 0.02, (s["name"], gap)

@@ -2,8 +2,9 @@
 with the same settings, gives the stored numbers exactly.
 
 The slice is the zoo ResNet's section of the energy tables (``python -m snnlite.energy ...
---output bench/energy_tables.md``) at the first two time steps of its grid, re-run with the
-stored command's settings: one conversion and a short simulation. A simulation to T reads
+--output bench/energy_tables.md``), and MobileNetV2's (``bench/energy_mobilenet.md``), at the
+first two time steps of each grid, re-run with the stored command's settings: one
+conversion and a short simulation each. A simulation to T reads
 the same at T whatever longer T it would go on to, so the slice is the stored computation,
 not an approximation of it. The zoo's SNN table (``python -m snnlite.zoo.snn_table``) shares
 its calibration and test images, so its LTB channel-wise row must read the same accuracy at
@@ -29,6 +30,8 @@ from snnlite.zoo.scene_eval import NUM_CLASSES
 ROOT = Path(__file__).resolve().parents[1]
 ENERGY = ROOT / "bench" / "energy_tables.md"
 MODEL = "fmnist_resnet"
+# Each classifier energy table and the model whose section a test re-runs.
+ENERGY_SLICES = {"energy_tables.md": MODEL, "energy_mobilenet.md": "mobilenet_v2_imagenet"}
 SCENE_MODELS = ("scenes_fcn", "scenes_deeplabv3", "scenes_retinanet", "scenes_fcos")
 SLICE_T = 16  # the first T of the scene models' stored curves
 
@@ -48,7 +51,8 @@ def _section_rows(text: str, model: str) -> dict[str, list]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| | T="):
             rows["T"] = [int(c.removeprefix("T=")) for c in cells[1:]]
-        elif line.startswith("| ") and cells[0] in ("accuracy (%)", "SOPs per image"):
+        elif line.startswith("| ") and cells[0] in ("accuracy (%)", "agreement (%)",
+                                                    "SOPs per image"):  # fmt: skip
             rows[cells[0]] = cells[1:]
     return rows
 
@@ -62,17 +66,28 @@ def test_every_stored_table_names_its_command() -> None:
         assert _command(path.read_text())[0].startswith("--"), path
 
 
-def test_energy_table_slice_reproduces_the_stored_section() -> None:
-    from snnlite.energy.__main__ import CALIBRATION_BATCH, CALIBRATION_BATCHES, measure, parser
+@pytest.mark.parametrize(("table", "model"), ENERGY_SLICES.items())
+def test_energy_table_slice_reproduces_the_stored_section(table: str, model: str) -> None:
+    from snnlite.energy.__main__ import measure, parser
+
+    text = (ROOT / "bench" / table).read_text()
+    args = parser().parse_args(_command(text))
+    args.models, args.timesteps = [model], args.timesteps[:2]
+    _, sections = measure(args)
+    fresh, stored = _section_rows(sections[0], model), _section_rows(text, model)
+    metric = next(label for label in stored if label.endswith("(%)"))
+    for label in (metric, "SOPs per image"):
+        assert fresh[label] == stored[label][:2], label
+
+
+def test_the_energy_table_and_the_snn_table_read_the_same_accuracy() -> None:
+    """Same calibration and test images as the zoo's stored SNN table: its LTB channel-wise
+    row reads the same accuracy at every T both grids have."""
+    from snnlite.energy.__main__ import CALIBRATION_BATCH, CALIBRATION_BATCHES, parser
 
     text = ENERGY.read_text()
     args = parser().parse_args(_command(text))
-    args.models, args.timesteps = [MODEL], args.timesteps[:2]
-    _, sections = measure(args)
-    fresh, stored = _section_rows(sections[0], MODEL), _section_rows(text, MODEL)
-    for label in ("accuracy (%)", "SOPs per image"):
-        assert fresh[label] == stored[label][:2], label
-    # Same calibration and test images as the stored SNN table: the same accuracy.
+    stored = _section_rows(text, MODEL)
     table = zoo.info(MODEL)["snn_accuracy"]
     calibration = (
         f"--calibration-batches {CALIBRATION_BATCHES} --calibration-batch {CALIBRATION_BATCH}"
