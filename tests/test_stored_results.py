@@ -11,7 +11,8 @@ snnlite.zoo.snn_table``) share their calibration and test images, so their LTB c
 rows must read the same accuracies at every T both grids have: the re-run holds them too.
 
 The scene models' stored curves (``python -m snnlite.zoo.dense_curves``) are re-run at
-their first T after the same calibration, with the clipped and the original ANN's metrics.
+their first T after the same calibration, with the clipped and the original ANN's metrics,
+and so is the FCN tuned for T = 16 (``--target-timesteps 16``), at its target.
 
 Stored on one machine, re-run on another: a convolution may sum in another order on another
 CPU, and an input within a rounding error of a threshold then fires a step earlier or later.
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from snnlite import zoo
+from snnlite.zoo import RESULTS_DIR
 from snnlite.zoo.scene_eval import NUM_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,3 +175,23 @@ def test_scene_results_reproduce_from_their_command(name: str) -> None:
         for delay in DELAYS:
             expected = stored[f"snn_map_{delay}"][str(SLICE_T)]["map"]
             assert abs(curves[delay][SLICE_T]["map"] - expected) <= 5e-4, delay
+
+
+def test_the_tuned_fcn_reproduces_from_its_command() -> None:
+    """The FCN tuned for T = 16 (``scenes_fcn_latency.json``): its stored command's
+    conversion and tuning, read out at its target only, give the stored ANN, clipped-ANN
+    and SNN metrics (both delays) and SOPs exactly (about 100 s: the tuning dominates)."""
+    from snnlite.zoo.dense_curves import measure
+
+    for key, stored in json.loads((RESULTS_DIR / "scenes_fcn_latency.json").read_text()).items():
+        command = shlex.split(stored["command"])
+        assert command[:3] == ["python", "-m", "snnlite.zoo.dense_curves"]
+        assert "--calibration-scenes" not in command and "--calibration-batch" not in command
+        images = int(command[command.index("--images") + 1])
+        target = int(command[command.index("--target-timesteps") + 1])
+        fresh = measure("scenes_fcn", images, timesteps=(target,), progress=False,
+                        target_timesteps=target)  # fmt: skip
+        for name in ("ann_miou", "relux_miou", "delay_estimate", "delay_schedule"):
+            assert fresh[name] == stored[name], (key, name)
+        for name in ("snn_miou_auto", "snn_miou_half", "snn_sops"):
+            assert fresh[name][str(target)] == stored[name][str(target)], (key, name)
