@@ -30,6 +30,7 @@ from snnlite import zoo
 from snnlite.data import fashion_mnist_benchmark
 from snnlite.latency import tune_for_latency
 from snnlite.zoo import RESULTS_DIR
+from snnlite.zoo.latency_table import tuning_start
 
 # The targets: points below the ANN, each target's network at its own T, on the whole test
 # set, and the first test images each is measured on live (see the module's docstring).
@@ -57,10 +58,9 @@ def stored_setting(request) -> dict:
     x, y, calibration = fashion_mnist_benchmark(WHOLE_TEST_SET, CALIBRATION_BATCHES,
                                                 CALIBRATION_BATCH)  # fmt: skip
     paper = snnlite.convert(model, calibration, progress=False)
-    cumulative = copy.deepcopy(paper)
-    cumulative.max_pool = "cumulative"  # as convert(target_timesteps=...) builds it
+    cumulative, tuning = tuning_start(paper, calibration, TUNING_IMAGES)
     return {"name": name, "model": model, "x": x, "y": y, "paper": paper,
-            "cumulative": cumulative, "tuning": torch.cat(calibration)[:TUNING_IMAGES]}  # fmt: skip
+            "cumulative": cumulative, "tuning": tuning}  # fmt: skip
 
 
 def right_answers(network, x: torch.Tensor, y: torch.Tensor, T: int | None = None,

@@ -51,6 +51,16 @@ def _curve(snn: snnlite.SpikingNetwork, x, y, batch_size: int) -> dict:
     }
 
 
+def tuning_start(paper: snnlite.SpikingNetwork, calibration: list[torch.Tensor],
+                 tuning_size: int) -> tuple[snnlite.SpikingNetwork, torch.Tensor]:  # fmt: skip
+    """What every target is tuned from: a copy of the paper's network with the low-latency
+    mode's cumulative pool, and the first ``tuning_size`` calibration images (as
+    ``convert(..., target_timesteps=T)`` takes them)."""
+    cumulative = copy.deepcopy(paper)
+    cumulative.max_pool = "cumulative"
+    return cumulative, torch.cat(calibration)[:tuning_size]
+
+
 def measure(
     model_name: str,
     images: int,
@@ -68,10 +78,7 @@ def measure(
     start = time.perf_counter()
     paper = snnlite.convert(model, calibration, progress=False, tuning_size=tuning_size)
     ltb_seconds = time.perf_counter() - start
-    first = calibration[: -(-tuning_size // calibration_batch)]
-    tuning = torch.cat(first)[:tuning_size]  # the first images, as convert() takes them
-    cumulative = copy.deepcopy(paper)
-    cumulative.max_pool = "cumulative"  # the low-latency mode's pool
+    cumulative, tuning = tuning_start(paper, calibration, tuning_size)
     table = {
         "model": model_name,
         "test_images": len(x),
