@@ -48,7 +48,6 @@ def _agreement(snn: snnlite.SpikingNetwork, crops: Tensor, reference: Tensor,
     """Top-1 agreement with ``reference`` (the ANN's classes) at every T, and SOPs per image,
     from one simulation per batch; with each crop's class at each T, so that a slice of the
     table can be re-run crop by crop."""
-    agree = dict.fromkeys(timesteps, 0)
     sops = dict.fromkeys(timesteps, 0.0)
     classes: dict[int, list[int]] = {T: [] for T in timesteps}
     for start in range(0, len(crops), batch_size):
@@ -56,19 +55,20 @@ def _agreement(snn: snnlite.SpikingNetwork, crops: Tensor, reference: Tensor,
         runs = snn.simulate(x, list(timesteps), delay="auto", progress=False,
                             record_spikes=True)  # fmt: skip
         per_image = snn.last_activity.sops_at(list(timesteps))
-        want = reference[start : start + batch_size]
         for T in timesteps:
-            agree[T] += int((_top1(runs[T]) == want).sum())
             classes[T] += _top1(runs[T]).tolist()
             sops[T] += per_image[T] * len(x)
     with torch.no_grad():
         relux_top1 = _top1(snn.relux()(crops))
-    relux = int((relux_top1 == reference).sum())
+
+    def share(top1: Tensor) -> float:  # of the crops whose class is the ANN's
+        return int((top1 == reference).sum()) / len(crops)
+
     return {
         "delays": {str(T): snn.auto_delay(T) for T in timesteps},
-        "relux_agreement": relux / len(crops),
+        "relux_agreement": share(relux_top1),
         "relux_top1": relux_top1.tolist(),
-        "agreement": {str(T): agree[T] / len(crops) for T in timesteps},
+        "agreement": {str(T): share(torch.tensor(classes[T])) for T in timesteps},
         "sops_per_image": {str(T): sops[T] / len(crops) for T in timesteps},
         "top1": {str(T): classes[T] for T in timesteps},
     }
