@@ -32,7 +32,7 @@ parts, each optional (forward passes and closed-form updates; no gradient, no tr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +49,7 @@ __all__ = [
     "LATENCY_PARTS",
     "PARTS",
     "LatencyParts",
+    "ReadoutFit",
     "latency_parts_of",
     "check_target",
     "choose_delay",
@@ -76,6 +77,7 @@ CORRECTION_GROUPS = 8  # simulations per round of the corrections, at most (see 
 RATE_BYTES = 2**30  # site rates held at once by the corrections (images go in slices)
 MIN_SLOPE = 0.1  # the smallest slope d(mean rate)/d(bias) a Newton step assumes
 BLOCK_ELEMENTS = 2**23  # values evaluated at once by the objective (memory bound)
+SIGNIFICANCE_Z = 2.0  # standard deviations by which a correction may change more decisions
 REFINE_STEPS = 24  # golden-section steps: the bracket shrinks to 0.618**24 ~ 1e-5 of its width
 
 
@@ -448,6 +450,37 @@ def _output_error(readout: object, reference: object) -> float:
     return total / max(1, sum(w.numel() for w in want))
 
 
+def _class_scores(output: object) -> Tensor | None:
+    """The class-score tensor of a network output, (N, C) or (N, C, H, W) with C >= 2: the
+    output itself, its only tensor (a segmentation model's ``{"out": ...}``), or its
+    ``"out"`` entry (torchvision's segmentation models with an auxiliary head); else None."""
+    if isinstance(output, Mapping) and isinstance(output.get("out"), Tensor):
+        output = output["out"]
+    leaves, _ = tree_flatten(output)
+    if len(leaves) != 1 or not isinstance(leaves[0], Tensor):
+        return None
+    scores = leaves[0]
+    return scores if scores.dim() >= 2 and scores.shape[1] >= 2 else None
+
+
+def _changed_decisions(readout: object, reference: object) -> Tensor | None:
+    """Which of the reference's class decisions the readout changes (a flat bool tensor, one
+    entry per image or pixel), or None where the output has no class decisions.
+
+    A network whose output is class scores (:func:`_class_scores`: a classifier, a
+    segmentation model) decides by their argmax over C: per image or per pixel. The mean
+    squared error weighs every score alike, so it can fall while more decisions change (the
+    charges on DeepLabV3 at T = 16: the readout's error against the clipped ANN fell from
+    1.22 to 0.95 while the share of its pixel decisions that differ rose from 4% to 11%).
+    Detection heads (several tensors: scores read through a sigmoid, and boxes) have no
+    such argmax: None.
+    """
+    got, want = _class_scores(readout), _class_scores(reference)
+    if got is None or want is None:
+        return None
+    return (got.argmax(1) != want.argmax(1)).flatten()
+
+
 def choose_delay(snn: SpikingNetwork, inputs: Tensor, timesteps: int) -> int:
     """The delay (in steps) whose readout at T is closest to the clipped ANN's output.
 
@@ -464,14 +497,46 @@ def choose_delays(snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int])
     a network read out at several T is given one delay per T: ``{T: delay}``, the
     ``delay_schedule`` that ``delay="auto"`` follows (:meth:`SpikingNetwork.auto_delay`).
     """
-    return {T: delay for T, (delay, _error) in _best_delays(snn, inputs, timesteps).items()}
+    return {T: fit.delay for T, fit in _best_delays(snn, inputs, timesteps).items()}
+
+
+@dataclass(frozen=True)
+class ReadoutFit:
+    """How close a network's readout at one T comes to the clipped ANN's output, at the
+    delay chosen for it: ``error`` (mean squared) and ``changed``, which class decisions
+    differ (see :func:`_changed_decisions`; None without class decisions or when not asked
+    for)."""
+
+    delay: int
+    error: float
+    changed: Tensor | None = None
+
+    def no_worse_than(self, other: ReadoutFit) -> bool:
+        """The error is not larger, and the class decisions (where both have them, on the
+        same images) do not change more often than chance allows.
+
+        McNemar's test on the paired decisions: of those that only one of the two readouts
+        changes, ``b`` only this one and ``c`` only the other; with no real difference b
+        and c split evenly, so this readout is worse only if ``b - c`` exceeds
+        ``SIGNIFICANCE_Z`` standard deviations ``sqrt(b + c)``. On a classifier's 128
+        calibration images one image more or less is noise, not a verdict.
+        """
+        if self.error > other.error:
+            return False
+        if self.changed is None or other.changed is None:
+            return True
+        only_self = int((self.changed & ~other.changed).sum())
+        only_other = int((other.changed & ~self.changed).sum())
+        return only_self - only_other <= SIGNIFICANCE_Z * math.sqrt(only_self + only_other)
 
 
 def _best_delays(
-    snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int]
-) -> dict[int, tuple[int, float]]:
-    """``{T: (delay, error)}``: each T's delay with the smallest readout error (mean squared
-    error against the clipped ANN's output; ties to the shorter delay) and that error."""
+    snn: SpikingNetwork, inputs: Tensor, timesteps: Sequence[int], decisions: bool = False
+) -> dict[int, ReadoutFit]:
+    """``{T: fit}``: each T's delay with the smallest readout error (mean squared error
+    against the clipped ANN's output; ties to the shorter delay) and that error; with
+    ``decisions``, also which class decisions that readout changes (they are held for every
+    candidate delay until the best is known: ask only for a few T)."""
     steps = sorted(set(timesteps))
     candidates = {T: sorted({readout_start(T, d) for d in range(T)}) for T in steps}
     every = sorted({d for ds in candidates.values() for d in ds})
@@ -482,16 +547,24 @@ def _best_delays(
     # RATE_BYTES (a segmentation output at 96 px is 0.8 MB per image and readout).
     parts = torch.split(inputs, max(1, RATE_BYTES // max(1, out_bytes * len(pairs))))
     errors = dict.fromkeys(pairs, 0.0)
+    changed: dict[tuple[int, int], list[Tensor | None]] = {pair: [] for pair in pairs}
     for part in parts:
         with torch.no_grad():
             reference = snn.ann(part)
         readouts = snn.simulate(part, steps, delay=every, progress=False)
         for pair in pairs:  # a mean over the slice, weighted by its share of the images
             errors[pair] += _output_error(readouts[pair], reference) * len(part) / len(inputs)
+            if decisions:
+                changed[pair].append(_changed_decisions(readouts[pair], reference))
     if len(parts) == 1:  # no reweighting: the same numbers as one mean over all images
         errors = {pair: _output_error(readouts[pair], reference) for pair in pairs}
     best = {T: min(candidates[T], key=lambda d, T=T: (errors[(T, d)], d)) for T in steps}
-    return {T: (delay, errors[(T, delay)]) for T, delay in best.items()}
+    fits = {}
+    for T, delay in best.items():
+        masks = changed[(T, delay)]
+        mask = torch.cat(masks) if masks and all(m is not None for m in masks) else None
+        fits[T] = ReadoutFit(delay, errors[(T, delay)], mask)  # type: ignore[arg-type]
+    return fits
 
 
 def correction_samples(timesteps: int) -> int:
@@ -534,7 +607,8 @@ def tune_for_latency(
     t = 0 (its effect on the mean rate falls as 1/T, like the transient and quantisation
     errors it cancels, so one correction serves every T from the target on), kept only if
     it brings the readout at T (each with its best delay) closer to the clipped ANN's output
-    on the calibration images (with the ``"delay"`` part; on the zoo's FCN it did not); and
+    on the calibration images without changing more of its class decisions than chance
+    allows (:meth:`ReadoutFit.no_worse_than`; with the ``"delay"`` part); and
     last the delay that serves each T best with the corrections in place (``snn.delay_schedule``;
     ``snn.delay_estimate`` is the target's). The corrections simulate the first
     :func:`correction_samples` images, the delay the first ``DELAY_SAMPLES``.
@@ -553,12 +627,15 @@ def tune_for_latency(
     if parts.potential:
         probe = inputs[:DELAY_SAMPLES]
         if parts.delay:
-            without = _best_delays(snn, probe, [timesteps])[timesteps][1]
+            without = _best_delays(snn, probe, [timesteps], decisions=True)[timesteps]
         correct_bias(snn, few, timesteps, 0, into="charge", progress=progress)
         snn.delay_estimate = 0.0  # the window the charge was calibrated for
-        if parts.delay and _best_delays(snn, probe, [timesteps])[timesteps][1] > without:
+        if parts.delay and not _best_delays(snn, probe, [timesteps], decisions=True)[
+            timesteps
+        ].no_worse_than(without):
             # Kept only where it pays: the charges made the readout at T (each with its
-            # best delay) further from the clipped ANN's output on the calibration images.
+            # best delay) further from the clipped ANN's output on the calibration images,
+            # or changed more of its class decisions than chance allows.
             for site in activation_sites(snn.ann).values():
                 site.charge = None
     if parts.delay:

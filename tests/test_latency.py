@@ -295,8 +295,58 @@ def test_the_charge_is_kept_only_where_it_pays(images: torch.Tensor) -> None:
     for site in activation_sites(plain.ann).values():
         site.charge = None
     probe = images[: latency.DELAY_SAMPLES]
-    tuned_error = latency._best_delays(fast, probe, [6])[6][1]
-    assert tuned_error <= latency._best_delays(plain, probe, [6])[6][1]
+    tuned, without = (latency._best_delays(n, probe, [6], decisions=True)[6] for n in (fast, plain))
+    assert tuned.no_worse_than(without)
+
+
+def test_changed_decisions_mark_argmax_flips_per_image_and_pixel() -> None:
+    """Which class decisions (argmax over dim 1) a readout changes: per image for (N, C),
+    per pixel for (N, C, H, W); None for outputs without class decisions."""
+    reference = torch.tensor([[0.0, 1.0, 0.5], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
+    readout = reference.clone()
+    readout[0, 2] = 1.5  # image 0 flips to class 2
+    assert latency._changed_decisions(readout, reference).tolist() == [True, False, False, False]
+    maps = torch.zeros(2, 3, 4, 5)
+    maps[:, 1] = 1.0  # every pixel decides class 1
+    moved = maps.clone()
+    moved[0, 2, :2, :] = 2.0  # 10 of the 40 pixels decide class 2
+    changed = latency._changed_decisions(moved, maps)
+    assert changed.shape == (40,) and changed.sum() == 10 and changed[:10].all()
+    wrapped = {"out": moved, "aux": maps}  # torchvision's segmentation output
+    assert torch.equal(latency._changed_decisions(wrapped, {"out": maps, "aux": maps}), changed)
+    assert latency._changed_decisions(torch.ones(4, 1), torch.zeros(4, 1)) is None
+    heads = {"cls_logits": torch.zeros(2, 6, 3), "bbox_regression": torch.zeros(2, 6, 4)}
+    assert latency._changed_decisions(heads, heads) is None
+
+
+def _flips(*indices: int, size: int = 1000) -> torch.Tensor:
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[list(indices)] = True
+    return mask
+
+
+def test_a_fit_is_worse_only_if_its_error_or_significantly_more_decisions_grow() -> None:
+    """McNemar on the paired decisions: b flips only in this readout, c only in the other;
+    worse when b - c > 2 sqrt(b + c)."""
+    fit = latency.ReadoutFit
+    base = fit(0, 1.0, _flips(*range(10)))
+    assert fit(3, 1.0, _flips(*range(10))).no_worse_than(base)  # the same decisions
+    assert fit(0, 0.9, _flips(*range(12))).no_worse_than(base)  # b = 2, c = 0: chance
+    assert not fit(0, 0.9, _flips(*range(20))).no_worse_than(base)  # b = 10 > 2 sqrt(10)
+    assert fit(0, 0.9, _flips(*range(5, 20))).no_worse_than(base)  # b = 10, c = 5: chance
+    assert not fit(0, 1.1, _flips()).no_worse_than(base)  # the error grew
+    assert fit(0, 0.9).no_worse_than(fit(0, 1.0))  # detection: the error alone
+
+
+def test_changed_decisions_in_slices_equal_one_pass(
+    images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snn = snnlite.convert(_small_cnn(), list(images.split(32)), iterations=30, progress=False)
+    whole = latency._best_delays(snn, images[:40], [8], decisions=True)[8]
+    monkeypatch.setattr(latency, "RATE_BYTES", 1)
+    sliced = latency._best_delays(snn, images[:40], [8], decisions=True)[8]
+    assert whole.delay == sliced.delay and torch.equal(whole.changed, sliced.changed)
+    assert whole.changed.shape == (40,)
 
 
 def test_choose_delays_in_slices_equals_one_pass(

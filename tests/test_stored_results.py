@@ -184,21 +184,28 @@ def test_scene_results_reproduce_from_their_command(name: str) -> None:
         assert snn >= 0.94 * ann_score
 
 
-def test_the_tuned_fcn_reproduces_from_its_command() -> None:
-    """The FCN tuned for T = 16 (``scenes_fcn_latency.json``): its stored command's
-    conversion and tuning, read out at its target only, give the stored ANN, clipped-ANN
-    and SNN metrics (both delays) and SOPs exactly (about 100 s: the tuning dominates)."""
+TUNED_SCENE_MODELS = sorted(p.name.removesuffix("_latency.json")
+                            for p in RESULTS_DIR.glob("scenes_*_latency.json"))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TUNED_SCENE_MODELS)
+def test_a_tuned_scene_model_reproduces_from_its_command(name: str) -> None:
+    """A scene model tuned for a target T (``<name>_latency.json``: the FCN and DeepLabV3
+    for T = 16): its stored command's conversion and tuning, read out at its target only,
+    give the stored ANN, clipped-ANN and SNN metrics (both delays) and SOPs exactly (the
+    FCN about 80 s, DeepLabV3 about 100 s: the tuning dominates)."""
     from snnlite.zoo.dense_curves import measure
 
-    for key, stored in json.loads((RESULTS_DIR / "scenes_fcn_latency.json").read_text()).items():
+    for key, stored in json.loads((RESULTS_DIR / f"{name}_latency.json").read_text()).items():
         command = shlex.split(stored["command"])
         assert command[:3] == ["python", "-m", "snnlite.zoo.dense_curves"]
         assert "--calibration-scenes" not in command and "--calibration-batch" not in command
+        assert command[command.index("--model") + 1] == name
         images = int(command[command.index("--images") + 1])
         target = int(command[command.index("--target-timesteps") + 1])
-        fresh = measure("scenes_fcn", images, timesteps=(target,), progress=False,
+        fresh = measure(name, images, timesteps=(target,), progress=False,
                         target_timesteps=target)  # fmt: skip
-        for name in ("ann_miou", "relux_miou", "delay_estimate", "delay_schedule"):
-            assert fresh[name] == stored[name], (key, name)
-        for name in ("snn_miou_auto", "snn_miou_half", "snn_sops"):
-            assert fresh[name][str(target)] == stored[name][str(target)], (key, name)
+        for field in ("ann_miou", "relux_miou", "delay_estimate", "delay_schedule"):
+            assert fresh[field] == stored[field], (key, field)
+        for field in ("snn_miou_auto", "snn_miou_half", "snn_sops"):
+            assert fresh[field][str(target)] == stored[field][str(target)], (key, field)
