@@ -27,7 +27,7 @@ from snnlite.latency import (
     latency_parts_of,
     tune_for_latency,
 )
-from snnlite.network import MAX_POOL_MODES, MaxPoolMode, SpikingNetwork
+from snnlite.network import MAX_POOL_MODES, MaxPoolMode, SpikingNetwork, check_spikes_per_step
 from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 
 __all__ = ["calibrate", "convert"]
@@ -53,6 +53,7 @@ def convert(
     target_timesteps: int | None = None,
     latency_parts: Collection[str] = LATENCY_PARTS,
     tuning_size: int = TUNING_SAMPLES,
+    spikes_per_step: int = 1,
     progress: bool = True,
 ) -> SpikingNetwork:
     """Convert a pretrained CNN into a spiking network, without training.
@@ -98,6 +99,12 @@ def convert(
             ``"delay"`` the tuning for ``target_timesteps`` runs (default: all but
             ``"bias"``, a constant-current correction that is right for one T only).
         tuning_size: calibration images (the first ones) the latency tuning uses.
+        spikes_per_step: 1 (default): binary spikes, at most one per neuron and step, as in
+            the paper. B > 1: **burst neurons**, up to B spikes of theta / B per step
+            (:func:`snnlite.neurons.burst_integrate_and_fire`): log2(B + 1) bits per step,
+            so a run of T steps carries what a binary run of B T steps does, in T steps.
+            Every spike of a burst is counted as an event and in the synaptic operations.
+            A separate option: compare its T with binary spikes only with the bits stated.
         progress: show tqdm progress bars (calibration and simulation).
 
     Under an initialised process group (``torchrun``; see :mod:`snnlite.distributed`) each
@@ -119,6 +126,7 @@ def convert(
         raise ValueError(f"granularity must be 'layer' or 'channel', got {granularity!r}")
     if iterations is not None and (isinstance(iterations, bool) or iterations <= 0):
         raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
+    spikes_per_step = check_spikes_per_step(spikes_per_step)
     if max_pool is not None and max_pool not in MAX_POOL_MODES:
         raise ValueError(f"max_pool must be one of {MAX_POOL_MODES} or None, got {max_pool!r}")
     parts = None
@@ -154,7 +162,8 @@ def convert(
         site.threshold = recipes[name].threshold().to(site.threshold.device)
     if max_pool is None:
         max_pool = "gated" if parts is None else "cumulative"
-    snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress)
+    snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress,
+                         spikes_per_step=spikes_per_step)  # fmt: skip
     snn.sample_shape = tuple(probe.shape[1:])
     snn.delay_estimate = snn.estimate_delay(probe[:probe_size])
     if parts is not None:

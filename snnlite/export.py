@@ -30,7 +30,8 @@ export writes, and how snnlite's network maps onto it:
 
 Refused, with an :class:`ExportError` that names the node: max pooling (NIR 1.0 has no max
 pool; snnlite's gated max pool is not expressible), nodes kept analog, the low-latency
-``bias`` current, concatenation, upsampling and any other operation without a NIR node.
+``bias`` current, burst neurons (``spikes_per_step`` > 1: NIR's IF sends one spike per
+step), concatenation, upsampling and any other operation without a NIR node.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class _Exporter:
     """
 
     def __init__(self, snn: SpikingNetwork, example: Tensor) -> None:
+        if snn.spikes_per_step != 1:
+            raise ExportError(
+                f"the network sends bursts (spikes_per_step={snn.spikes_per_step}); NIR's IF "
+                "neuron sends at most one spike per step: convert with spikes_per_step=1"
+            )
         self.snn = snn
         self.gm = snn.ann
         self.values = node_values(self.gm, example)

@@ -126,6 +126,11 @@ def fold_thresholds(snn: SpikingNetwork, example: Tensor | None = None) -> Spiki
         raise TypeError(f"fold_thresholds takes a SpikingNetwork, got {type(snn).__name__}")
     if is_folded(snn):
         raise FoldError("this network is already folded: its spikes are 1 already")
+    if snn.spikes_per_step != 1:
+        raise FoldError(
+            f"this network sends bursts (spikes_per_step={snn.spikes_per_step}): folding makes "
+            "binary unit spikes; convert with spikes_per_step=1"
+        )
     for name, site in activation_sites(snn.ann).items():
         if not torch.isfinite(site.threshold).all():
             raise FoldError(f"threshold of site {name!r} is not finite: calibrate first")

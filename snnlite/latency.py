@@ -616,7 +616,9 @@ def tune_for_latency(
     timesteps = check_target(timesteps)
     snn.delay_schedule = None  # chosen for the network as it was; re-chosen below if asked
     if parts.thresholds:
-        tune_thresholds(snn.ann, list(torch.split(inputs, 128)), timesteps, progress=progress)
+        # A burst neuron's rate over T steps is the binary neuron's over B T (spikes_per_step B).
+        stairs = timesteps * snn.spikes_per_step
+        tune_thresholds(snn.ann, list(torch.split(inputs, 128)), stairs, progress=progress)
         snn.delay_estimate = snn.estimate_delay(inputs[:256])
     few = inputs[: correction_samples(timesteps)]  # a fixed budget of simulated steps
     if parts.bias:

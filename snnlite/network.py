@@ -35,11 +35,16 @@ from tqdm.auto import tqdm
 
 from snnlite.checks import check_delay, check_input, check_runs, check_timesteps, reference_of
 from snnlite.graph import ANALOG, activation_sites, is_site, site_name, site_nodes
-from snnlite.neurons import IFNeuron, events_per_position, synaptic_operations
+from snnlite.neurons import (
+    IFNeuron,
+    broadcast_threshold,
+    events_per_position,
+    synaptic_operations,
+)
 from snnlite.pooling import MAX_POOL_TYPES, CumulativeMaxPool, GatedMaxPool
 from snnlite.synapses import Activity, fanout_maps, source_name
 
-__all__ = ["RateAnalog", "SpikingNetwork", "readout_start"]
+__all__ = ["RateAnalog", "SpikingNetwork", "check_spikes_per_step", "readout_start"]
 
 Delay = int | Literal["auto", "half"]
 MaxPoolMode = Literal["gated", "cumulative", "current"]
@@ -125,11 +130,15 @@ class SpikingNetwork(nn.Module):
         delay_schedule: Mapping[int, int] | None = None,
         work_bytes: int = 8 * 2**20,
         progress: bool = True,
+        spikes_per_step: int = 1,
     ) -> None:
         super().__init__()
         if max_pool not in MAX_POOL_MODES:
             raise ValueError(f"max_pool must be one of {MAX_POOL_MODES}, got {max_pool!r}")
         self.ann = ann
+        # 1: the paper's binary spikes; B > 1: burst neurons, up to B spikes of theta / B
+        # per step (snnlite.neurons.burst_integrate_and_fire): log2(B + 1) bits per step.
+        self.spikes_per_step = check_spikes_per_step(spikes_per_step)
         self.max_pool = max_pool
         self.delay_estimate = delay_estimate
         self.delay_schedule = dict(delay_schedule) if delay_schedule else None
@@ -187,7 +196,9 @@ class SpikingNetwork(nn.Module):
                 peak = drive.reshape(drive.shape[0], -1).amax(dim=1)
             usable = (theta > 0) & (peak > 0)
             if usable.any():
-                t0 += float(((theta[usable] / 2) / peak[usable]).min())
+                # time to the first spike: from u(0) = q / 2 to the level q = theta / B
+                half_spike = theta[usable] / (2 * self.spikes_per_step)
+                t0 += float((half_spike / peak[usable]).min())
         return t0
 
     # --- the SNN side ------------------------------------------------------------------
@@ -268,7 +279,7 @@ class SpikingNetwork(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
 
         fanouts = fanout_maps(self.ann, x[:1]) if record_spikes else None
-        runner = _Runner(self.ann, self.max_pool, record_spikes, fanouts)
+        runner = _Runner(self.ann, self.max_pool, record_spikes, fanouts, self.spikes_per_step)
         if chunk_size is None or batch_size is None:
             per_sample = runner.largest_activation_bytes(x[:1])
             work = _work(self.work_bytes, per_sample)  # samples x steps per layer call
@@ -312,7 +323,7 @@ class SpikingNetwork(nn.Module):
         x = check_input(x, reference_of(self.ann))
         self._check_thresholds()
         check_runs(self.ann, x, self.sample_shape)
-        runner = _Runner(self.ann, self.max_pool, record=False)
+        runner = _Runner(self.ann, self.max_pool, False, spikes_per_step=self.spikes_per_step)
         parts: dict[str, list[Tensor]] = {}
 
         def keep(name: str) -> Callable[[Tensor, int], None]:
@@ -395,7 +406,7 @@ class SpikingNetwork(nn.Module):
         unknown = [name for name in wanted if name not in nodes]
         if unknown:
             raise KeyError(f"no activation site named {unknown[0]!r}; sites: {list(nodes)}")
-        runner = _Runner(self.ann, self.max_pool, record=False)
+        runner = _Runner(self.ann, self.max_pool, False, spikes_per_step=self.spikes_per_step)
         order = {node: i for i, node in enumerate(runner.nodes)}
         runner.stop_after = max((nodes[name] for name in wanted), key=order.__getitem__)
         work = _work(self.work_bytes, runner.largest_activation_bytes(x[:1]))
@@ -470,6 +481,13 @@ class _WindowSums:
         return add
 
 
+def check_spikes_per_step(value: object) -> int:
+    """Spikes a neuron may send per step: a positive int (1: binary, the paper's)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"spikes_per_step must be a positive int, got {value!r}")
+    return value
+
+
 def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
     return check_timesteps(timesteps)
 
@@ -527,9 +545,12 @@ class _SourceRecord:
     given its fan-out map, the synaptic operations they cost (so energy needs no second run).
     """
 
-    def __init__(self, fanout: Tensor | None, neuron: bool) -> None:
+    def __init__(self, fanout: Tensor | None, neuron: bool, quantum: Tensor | None = None) -> None:
         self.fanout = fanout  # synapses per output position, one sample's shape
         self.neuron = neuron  # an IF neuron (its spikes are the site's spike counts)
+        # Burst spikes: the value of one spike, theta / B (scalar or (C,); 1 where silent);
+        # an output position then sends round(value / quantum) events.
+        self.quantum = quantum
         self.events: list[Tensor] = []  # one (steps,) tensor per chunk
         self.sops: list[Tensor] = []
 
@@ -538,7 +559,12 @@ class _SourceRecord:
 
     def add(self, output: Tensor, steps: int) -> None:
         """``output``: what the source returned for a chunk, time-folded (steps * N, ...)."""
-        counts = events_per_position(output.view(steps, -1, *output.shape[1:]))  # (steps, P)
+        per_step = output.view(steps, -1, *output.shape[1:])
+        if self.quantum is None:  # binary spikes: one event per nonzero output
+            counts = events_per_position(per_step)  # (steps, P)
+        else:  # bursts: n spikes of theta / B are n events
+            quantum = broadcast_threshold(self.quantum.to(output.dtype), per_step.dim() - 1)
+            counts = torch.round(per_step / quantum).sum(1).flatten(1)
         self.events.append(counts.sum(1, dtype=torch.int64))
         if self.fanout is not None:
             self.sops.append(synaptic_operations(counts, self.fanout))
@@ -553,8 +579,10 @@ class _Runner:
         max_pool: MaxPoolMode,
         record: bool,
         fanouts: Mapping[str, Tensor] | None = None,
+        spikes_per_step: int = 1,
     ) -> None:
         self.ann = ann
+        self.spikes_per_step = spikes_per_step
         self.nodes = list(ann.graph.nodes)
         self.temporal: dict[fx.Node, nn.Module] = {}
         # What the spike sources return is recorded here, not by the sources themselves:
@@ -570,7 +598,7 @@ class _Runner:
             fanout = fanouts.get(node.name)
             neuron = isinstance(module, IFNeuron)
             if record and (neuron or (isinstance(module, _TIME_POOLS) and fanout is not None)):
-                self.records[node] = _SourceRecord(fanout, neuron)
+                self.records[node] = _SourceRecord(fanout, neuron, self._burst_quantum(node))
         for node in self.nodes:
             if node.name in fanouts and node not in self.records:
                 raise NotImplementedError(
@@ -596,13 +624,32 @@ class _Runner:
             return None
         if is_site(node):
             site = self.ann.get_submodule(node.target)
-            return IFNeuron(site.threshold, site.bias, site.charge, site.unit)
+            return IFNeuron(site.threshold, site.bias, site.charge, site.unit,
+                            self.spikes_per_step)  # fmt: skip
         module = self.ann.get_submodule(node.target)
         if isinstance(module, MAX_POOL_TYPES) and max_pool == "gated":
             return GatedMaxPool(module)
         if isinstance(module, MAX_POOL_TYPES) and max_pool == "cumulative":
             return CumulativeMaxPool(module)
         return None
+
+    def _burst_quantum(self, node: fx.Node) -> Tensor | None:
+        """The value of one spike of a burst source (a neuron, or a max pool that passes a
+        neuron's spikes), as one sample's (C, 1, ...) or scalar; None for binary spikes."""
+        if self.spikes_per_step == 1:
+            return None
+        module = self.temporal[node]
+        if not isinstance(module, IFNeuron):  # a pool counts the spikes of its input neuron
+            source = node.args[0] if node.args else None
+            module = self.temporal.get(source) if isinstance(source, fx.Node) else None
+            if not isinstance(module, IFNeuron):
+                raise NotImplementedError(
+                    f"energy of burst spikes: the max pool '{node.name}' does not pool one "
+                    "neuron's spikes, so its events cannot be counted"
+                )
+        theta = module.threshold
+        quantum = torch.where(theta > 0, theta / self.spikes_per_step, torch.ones_like(theta))
+        return quantum
 
     def _time_varying(self) -> set[fx.Node]:
         """Nodes whose value changes from step to step: neurons and everything downstream."""

@@ -5,6 +5,9 @@
   initialised at ``theta / 2`` and theta-valued spikes, at most one per step (book chapter 1).
 * ``rate``: the closed-form average output ``psi_T`` of that neuron under a constant current,
   the bridge between the two (it tends to ``relux`` as T grows).
+* ``burst_integrate_and_fire``: an opt-in variant that may send up to B spikes of
+  ``theta / B`` per step (``spikes_per_step=B``; more than one bit per step, so its T is not
+  the binary neuron's T). Under a constant current it gives ``psi_{B T}`` in T steps.
 
 The spike condition is ``v >= theta`` everywhere (neuron, ``rate``), so ``rate`` matches the
 neuron exactly: a constant current ``z`` gives ``floor(z * T / theta + 1/2)`` spikes in T steps.
@@ -32,6 +35,7 @@ __all__ = [
     "ActivationSite",
     "IFNeuron",
     "broadcast_threshold",
+    "burst_integrate_and_fire",
     "events_per_position",
     "integrate_and_fire",
     "rate",
@@ -144,6 +148,46 @@ def integrate_and_fire_torch(
     return spikes, membrane
 
 
+def burst_integrate_and_fire(
+    currents: Tensor,
+    membrane: Tensor,
+    threshold: Tensor,
+    levels: int,
+    steps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The IF neuron that may fire up to ``levels`` (B) spikes of ``theta / B`` per step.
+
+    Each step: integrate, fire ``n = clip(floor(u / (theta / B)), 0, B)`` spikes, reset by
+    subtracting ``n theta / B``. Its output per step is one of B + 1 values (log2(B + 1)
+    bits), its largest rate is still theta (the clipped ANN is unchanged), and with
+    ``u(0) = theta / (2 B)`` a constant current ``z`` gives ``floor(z B T / theta + 1/2)``
+    spikes in T steps (clipped to ``[0, B T]``): the binary neuron's rate over B T steps,
+    ``rate(z, theta, B * T)``, reached in T steps. Every one of the n spikes counts as an
+    event (the runner counts ``n`` per position), so its synaptic operations are those of
+    the spikes it sends. The torch path only (no fused kernel); ``levels=1`` is the binary
+    neuron (same spikes as :func:`integrate_and_fire`, which the network uses for it).
+
+    Args and shapes as :func:`integrate_and_fire`. Returns spikes (steps, N, ...) with values
+    in ``{0, theta / B, ..., theta}`` and the updated membrane.
+    """
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels (spikes per step) must be a positive int, got {levels!r}")
+    constant = steps is not None and currents.dim() == membrane.dim()
+    if not constant:
+        steps = currents.shape[0]
+    assert steps is not None
+    quantum = threshold / levels
+    # Silent neurons (theta = 0) get an infinite firing level so they never fire.
+    level = torch.where(threshold > 0, quantum, torch.full_like(quantum, math.inf))
+    spikes = empty_over_time(membrane, steps)
+    for t in range(steps):
+        membrane.add_(currents if constant else currents[t])  # integrate
+        count = torch.floor(membrane / level).clamp_(0, levels)  # fire: 0 .. B spikes
+        torch.mul(count, quantum, out=spikes[t])
+        membrane.sub_(spikes[t])  # reset by subtraction
+    return spikes, membrane
+
+
 def events_per_position(output: Tensor) -> Tensor:
     """How many samples have a nonzero output, per step and position: (steps, N, ...) ->
     (steps, P) integers.
@@ -217,7 +261,9 @@ class IFNeuron(nn.Module):
     runner) counts events and synaptic operations from what it returns.
 
     Spikes are theta-valued, or with ``unit`` (a folded site) 1-valued; the reset subtracts
-    theta either way.
+    theta either way. With ``spikes_per_step`` B > 1 it is the burst neuron
+    (:func:`burst_integrate_and_fire`): up to B spikes of theta / B per step, ``u(0) =
+    theta / (2 B)``.
     """
 
     def __init__(
@@ -226,9 +272,13 @@ class IFNeuron(nn.Module):
         bias: Tensor | None = None,
         charge: Tensor | None = None,
         unit: bool = False,
+        spikes_per_step: int = 1,
     ) -> None:
         super().__init__()
+        if spikes_per_step > 1 and unit:
+            raise ValueError("unit (folded) spikes are binary: spikes_per_step must be 1")
         self.unit = unit
+        self.spikes_per_step = spikes_per_step
         self.register_buffer("threshold", threshold)
         self.register_buffer("bias", bias)  # a current added every step (() or (C,))
         self.register_buffer("charge", charge)  # added to the initial potential theta / 2
@@ -249,23 +299,29 @@ class IFNeuron(nn.Module):
         """
         batch = current.shape[0] if constant else current.shape[0] // steps
         theta = broadcast_threshold(self.threshold.to(current.dtype), current.dim())
+        burst = self.spikes_per_step
         if self.membrane is None:  # u(0) = theta / 2 (+ the low-latency charge)
             shape = (batch, *current.shape[1:])
-            start = theta / 2
+            start = theta / (2 * burst)  # half a spike: theta / 2 for binary spikes
             if self.charge is not None:
                 start = start + broadcast_threshold(self.charge.to(current.dtype), current.dim())
             self.membrane = start.expand(shape).clone(memory_format=torch.preserve_format)
             if current.is_contiguous(memory_format=torch.channels_last) and current.dim() == 4:
                 self.membrane = self.membrane.contiguous(memory_format=torch.channels_last)
-            if kernels.available(self.membrane):
+            if kernels.available(self.membrane) and burst == 1:
                 self.maps = kernels.spike_maps(theta, self.membrane)
         if self.bias is not None:  # a new tensor: the current may feed other nodes too
             current = current + broadcast_threshold(self.bias.to(current.dtype), current.dim())
             in_place = True  # that new tensor is this neuron's own
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
-        spikes, self.membrane = integrate_and_fire(
-            currents, self.membrane, theta, steps, in_place=in_place, maps=self.maps
-        )
+        if burst > 1:
+            spikes, self.membrane = burst_integrate_and_fire(
+                currents, self.membrane, theta, burst, steps
+            )
+        else:
+            spikes, self.membrane = integrate_and_fire(
+                currents, self.membrane, theta, steps, in_place=in_place, maps=self.maps
+            )
         if self.unit:  # a spike is theta > 0 exactly where the neuron fired
             spikes = torch.ne(spikes, 0).to(spikes.dtype)
         return spikes.reshape(steps * batch, *current.shape[1:])  # a view: no copy

@@ -294,6 +294,17 @@ def claims_06_low_latency(r: dict, p: dict) -> None:
             if r[f"default_{level}_T"] < r[f"paper_{level}_T"]:
                 assert r[f"default_{level}"] < r[f"paper_{level}"], level
 
+    # Bursts of B spikes per step, tuned for target / B: the same stairs in B times fewer
+    # steps. At T they send about the spikes (SOPs) the binary network sends at B T
+    # (measured within 1%; allowed 10%), and at the smallest T they are ahead of it.
+    B = r["burst_spikes_per_step"]
+    assert B == 2 and r["burst_target"] == max(1, target // B)
+    for T in Ts:
+        if B * T in Ts:
+            ratio = r[f"burst_sops_T{T}"] / r[f"default_sops_T{B * T}"]
+            assert 0.9 < ratio < 1.1, (T, ratio)
+    assert acc("burst", T0) >= acc("default", T0), (acc("burst", T0), acc("default", T0))
+
     # MobileNetV2 (the stored photo table, when present): deeper than the VGG; tuned, its
     # clipped ANN agrees at least as often as the paper's and more often than its SNN at
     # every T ("the thresholds are no longer what limits it"); the SNN never trails the
