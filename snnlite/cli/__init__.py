@@ -184,6 +184,12 @@ def _conversion_flags() -> argparse.ArgumentParser:
         "network",
     )  # fmt: skip
     group.add_argument(
+        "--spikes-per-step", type=_positive, default=1, metavar="B",
+        help="burst neurons: up to B spikes of theta / B per step, log2(B + 1) bits, every "
+        "spike counted in the SOPs (an option beside the paper's binary spikes; book "
+        "chapter 6); default: %(default)s",
+    )  # fmt: skip
+    group.add_argument(
         "--max-pool", choices=("gated", "cumulative", "current"), default=None,
         help="max pools on time-varying inputs: gated by accumulated input, the increment "
         "of the largest accumulated input (cumulative), or per step (the paper's form); "
@@ -347,7 +353,8 @@ def _converted(args: argparse.Namespace, loaded: LoadedModel) -> _Converted:
     snn = snnlite.convert(
         loaded.model, calibration, method=args.method, granularity=args.granularity,
         iterations=args.calibration_batches, max_pool=args.max_pool,
-        target_timesteps=args.target_timesteps, progress=not args.no_progress,
+        target_timesteps=args.target_timesteps, spikes_per_step=args.spikes_per_step,
+        progress=not args.no_progress,
     )  # fmt: skip
     return _Converted(loaded, snn, test_set, len(calibration_set))  # type: ignore[arg-type]
 
@@ -392,6 +399,7 @@ def run_convert(args: argparse.Namespace) -> None:
         "data": args.data, "calibration": args.calibration or f"{args.data} (train split)",
         "calibration images": run.calibration_images, "method": args.method,
         "granularity": args.granularity, "target T": args.target_timesteps,
+        "spikes per step": args.spikes_per_step,
         "delay": args.delay, "command": " ".join(["snnlite", *sys.argv[1:]]),
     }  # fmt: skip
     with report.staging(args.out, args.overwrite) as folder:
