@@ -567,6 +567,11 @@ def _best_delays(
     return fits
 
 
+def _readout_fit(snn: SpikingNetwork, inputs: Tensor, timesteps: int) -> ReadoutFit:
+    """The readout's fit at one T, with its best delay and its changed class decisions."""
+    return _best_delays(snn, inputs, [timesteps], decisions=True)[timesteps]
+
+
 def correction_samples(timesteps: int) -> int:
     """Images the mean-error corrections simulate at a target T: ``CORRECTION_STEPS / T``,
     at least ``MIN_CORRECTION_SAMPLES``.
@@ -629,12 +634,10 @@ def tune_for_latency(
     if parts.potential:
         probe = inputs[:DELAY_SAMPLES]
         if parts.delay:
-            without = _best_delays(snn, probe, [timesteps], decisions=True)[timesteps]
+            without = _readout_fit(snn, probe, timesteps)
         correct_bias(snn, few, timesteps, 0, into="charge", progress=progress)
         snn.delay_estimate = 0.0  # the window the charge was calibrated for
-        if parts.delay and not _best_delays(snn, probe, [timesteps], decisions=True)[
-            timesteps
-        ].no_worse_than(without):
+        if parts.delay and not _readout_fit(snn, probe, timesteps).no_worse_than(without):
             # Kept only where it pays: the charges made the readout at T (each with its
             # best delay) further from the clipped ANN's output on the calibration images,
             # or changed more of its class decisions than chance allows.

@@ -295,7 +295,7 @@ def test_the_charge_is_kept_only_where_it_pays(images: torch.Tensor) -> None:
     for site in activation_sites(plain.ann).values():
         site.charge = None
     probe = images[: latency.DELAY_SAMPLES]
-    tuned, without = (latency._best_delays(n, probe, [6], decisions=True)[6] for n in (fast, plain))
+    tuned, without = (latency._readout_fit(n, probe, 6) for n in (fast, plain))
     assert tuned.no_worse_than(without)
 
 
