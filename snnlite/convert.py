@@ -27,7 +27,8 @@ from snnlite.latency import (
     latency_parts_of,
     tune_for_latency,
 )
-from snnlite.network import MAX_POOL_MODES, MaxPoolMode, SpikingNetwork, check_spikes_per_step
+from snnlite.network import MAX_POOL_MODES, MaxPoolMode, SpikingNetwork
+from snnlite.neurons import check_spikes_per_step
 from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 
 __all__ = ["calibrate", "convert"]

@@ -38,13 +38,14 @@ from snnlite.graph import ANALOG, activation_sites, is_site, site_name, site_nod
 from snnlite.neurons import (
     IFNeuron,
     broadcast_threshold,
+    check_spikes_per_step,
     events_per_position,
     synaptic_operations,
 )
 from snnlite.pooling import MAX_POOL_TYPES, CumulativeMaxPool, GatedMaxPool
 from snnlite.synapses import Activity, fanout_maps, source_name
 
-__all__ = ["RateAnalog", "SpikingNetwork", "check_spikes_per_step", "readout_start"]
+__all__ = ["RateAnalog", "SpikingNetwork", "readout_start"]
 
 Delay = int | Literal["auto", "half"]
 MaxPoolMode = Literal["gated", "cumulative", "current"]
@@ -479,13 +480,6 @@ class _WindowSums:
                 self.sums[name] = self.sums[name] + part if name in self.sums else part
 
         return add
-
-
-def check_spikes_per_step(value: object) -> int:
-    """Spikes a neuron may send per step: a positive int (1: binary, the paper's)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"spikes_per_step must be a positive int, got {value!r}")
-    return value
 
 
 def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:

@@ -36,6 +36,7 @@ __all__ = [
     "IFNeuron",
     "broadcast_threshold",
     "burst_integrate_and_fire",
+    "check_spikes_per_step",
     "events_per_position",
     "integrate_and_fire",
     "rate",
@@ -148,6 +149,13 @@ def integrate_and_fire_torch(
     return spikes, membrane
 
 
+def check_spikes_per_step(value: object) -> int:
+    """Spikes a neuron may send per step: a positive int (1: binary, the paper's)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"spikes_per_step must be a positive int, got {value!r}")
+    return value
+
+
 def burst_integrate_and_fire(
     currents: Tensor,
     membrane: Tensor,
@@ -170,8 +178,7 @@ def burst_integrate_and_fire(
     Args and shapes as :func:`integrate_and_fire`. Returns spikes (steps, N, ...) with values
     in ``{0, theta / B, ..., theta}`` and the updated membrane.
     """
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels (spikes per step) must be a positive int, got {levels!r}")
+    levels = check_spikes_per_step(levels)
     constant = steps is not None and currents.dim() == membrane.dim()
     if not constant:
         steps = currents.shape[0]
