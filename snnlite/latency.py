@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 from tqdm.auto import tqdm
 
 from snnlite.graph import activation_sites
@@ -442,12 +442,11 @@ def correct_bias(
 # --- 3. the readout delay --------------------------------------------------------------------
 
 
-def _output_error(readout: object, reference: object) -> float:
-    """Mean squared error between two network outputs (any nesting of tensors)."""
+def _squared_error(readout: object, reference: object) -> float:
+    """Summed squared difference between two network outputs (any nesting of tensors)."""
     got, _ = tree_flatten(readout)
     want, _ = tree_flatten(reference)
-    total = sum(float((g.double() - w.double()).square().sum()) for g, w in zip(got, want))
-    return total / max(1, sum(w.numel() for w in want))
+    return sum(float((g.double() - w.double()).square().sum()) for g, w in zip(got, want))
 
 
 def _class_scores(output: object) -> Tensor | None:
@@ -463,7 +462,9 @@ def _class_scores(output: object) -> Tensor | None:
     return scores if scores.dim() >= 2 and scores.shape[1] >= 2 else None
 
 
-def _changed_decisions(readout: object, reference: object) -> Tensor | None:
+def _changed_decisions(
+    readout: object, reference: object, decided: Tensor | None = None
+) -> Tensor | None:
     """Which of the reference's class decisions the readout changes (a flat bool tensor, one
     entry per image or pixel), or None where the output has no class decisions.
 
@@ -473,12 +474,13 @@ def _changed_decisions(readout: object, reference: object) -> Tensor | None:
     charges on DeepLabV3 at T = 16: the readout's error against the clipped ANN fell from
     1.22 to 0.95 while the share of its pixel decisions that differ rose from 4% to 11%).
     Detection heads (several tensors: scores read through a sigmoid, and boxes) have no
-    such argmax: None.
+    such argmax: None. ``decided``: the reference's decisions, if already known.
     """
     got, want = _class_scores(readout), _class_scores(reference)
     if got is None or want is None:
         return None
-    return (got.argmax(1) != want.argmax(1)).flatten()
+    decided = want.argmax(1) if decided is None else decided
+    return (got.argmax(1) != decided).flatten()
 
 
 def choose_delay(snn: SpikingNetwork, inputs: Tensor, timesteps: int) -> int:
@@ -541,23 +543,23 @@ def _best_delays(
     candidates = {T: sorted({readout_start(T, d) for d in range(T)}) for T in steps}
     every = sorted({d for ds in candidates.values() for d in ds})
     pairs = [(T, d) for T in steps for d in candidates[T]]
-    with torch.no_grad():
-        out_bytes = 4 * sum(v.numel() for v in tree_flatten(snn.ann(inputs[:1]))[0])
-    # Every readout of a slice is held at once: slice the images so that they fit in
-    # RATE_BYTES (a segmentation output at 96 px is 0.8 MB per image and readout).
-    parts = torch.split(inputs, max(1, RATE_BYTES // max(1, out_bytes * len(pairs))))
-    errors = dict.fromkeys(pairs, 0.0)
+    # Reduced tile by tile as the simulation yields them: only one tile's readouts (a few
+    # images x every window) are ever held, however large the output (a segmentation map at
+    # 96 px is 0.8 MB per image and window, and the schedule reads ~120 windows).
+    squares = dict.fromkeys(pairs, 0.0)  # summed squared errors
     changed: dict[tuple[int, int], list[Tensor | None]] = {pair: [] for pair in pairs}
-    for part in parts:
-        with torch.no_grad():
-            reference = snn.ann(part)
-        readouts = snn.simulate(part, steps, delay=every, progress=False)
-        for pair in pairs:  # a mean over the slice, weighted by its share of the images
-            errors[pair] += _output_error(readouts[pair], reference) * len(part) / len(inputs)
+    with torch.no_grad():  # one pass: the ANN is fastest on many images at once
+        whole = snn.ann(inputs)
+    size = sum(leaf.numel() for leaf in tree_flatten(whole)[0])  # output elements
+    for rows, readouts in snn.simulate_tiles(inputs, steps, delay=every, progress=False):
+        reference = tree_map(lambda leaf, rows=rows: leaf[rows], whole)
+        scores = _class_scores(reference) if decisions else None
+        decided = None if scores is None else scores.argmax(1)  # once for every window
+        for pair in pairs:
+            squares[pair] += _squared_error(readouts[pair], reference)
             if decisions:
-                changed[pair].append(_changed_decisions(readouts[pair], reference))
-    if len(parts) == 1:  # no reweighting: the same numbers as one mean over all images
-        errors = {pair: _output_error(readouts[pair], reference) for pair in pairs}
+                changed[pair].append(_changed_decisions(readouts[pair], reference, decided))
+    errors = {pair: total / max(1, size) for pair, total in squares.items()}
     best = {T: min(candidates[T], key=lambda d, T=T: (errors[(T, d)], d)) for T in steps}
     fits = {}
     for T, delay in best.items():

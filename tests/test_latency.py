@@ -338,24 +338,20 @@ def test_a_fit_is_worse_only_if_its_error_or_significantly_more_decisions_grow()
     assert fit(0, 0.9).no_worse_than(fit(0, 1.0))  # detection: the error alone
 
 
-def test_changed_decisions_in_slices_equal_one_pass(
-    images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_changed_decisions_in_tiles_of_one_image_equal_one_tile(images: torch.Tensor) -> None:
     snn = snnlite.convert(_small_cnn(), list(images.split(32)), iterations=30, progress=False)
     whole = latency._best_delays(snn, images[:40], [8], decisions=True)[8]
-    monkeypatch.setattr(latency, "RATE_BYTES", 1)
+    snn.work_bytes = 1  # simulated in tiles of one image
     sliced = latency._best_delays(snn, images[:40], [8], decisions=True)[8]
     assert whole.delay == sliced.delay and torch.equal(whole.changed, sliced.changed)
     assert whole.changed.shape == (40,)
 
 
-def test_choose_delays_in_slices_equals_one_pass(
-    images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With the readouts of one image at a time (what a large output, a segmentation map,
-    needs to fit in memory) the schedule is the same as from all images at once."""
+def test_choose_delays_in_tiles_of_one_image_equals_one_tile(images: torch.Tensor) -> None:
+    """Reduced one image at a time (tiles of one image), the schedule is the same as from
+    tiles of many images."""
     snn = snnlite.convert(_small_cnn(), list(images.split(32)), iterations=30, progress=False)
     grid = delay_grid(8)
     whole = choose_delays(snn, images[:40], grid)
-    monkeypatch.setattr(latency, "RATE_BYTES", 1)
+    snn.work_bytes = 1
     assert choose_delays(snn, images[:40], grid) == whole

@@ -98,6 +98,22 @@ def test_chunk_size_and_batch_tiles_do_not_change_the_result(resnet_snn, photo_c
     assert torch.allclose(channels_last, reference, rtol=1e-4, atol=1e-5)
 
 
+def test_tiles_one_at_a_time_are_the_simulation_in_pieces(resnet_snn, photo_crops) -> None:
+    """``simulate_tiles`` yields each tile's rows and readouts: joined, they are
+    ``simulate``'s result bit for bit, and its checks run before any tile is simulated."""
+    x = photo_crops[36:41]
+    whole = resnet_snn.simulate(x, [6, 12], delay=[0, "half"], batch_size=2, chunk_size=4)
+    tiles = list(resnet_snn.simulate_tiles(x, [6, 12], delay=[0, "half"], batch_size=2,
+                                           chunk_size=4))  # fmt: skip
+    assert [rows for rows, _ in tiles] == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    for key, readout in whole.items():
+        assert torch.equal(torch.cat([part[key] for _, part in tiles]), readout), key
+    one_delay = next(iter(resnet_snn.simulate_tiles(x, 12, delay=0, batch_size=2)))[1]
+    assert list(one_delay) == [12]
+    with pytest.raises(ValueError, match="positive"):
+        resnet_snn.simulate_tiles(x, 0)  # raised at the call, not at the first tile
+
+
 @pytest.mark.parametrize("work", [1, 7, 80, 10_000])
 @pytest.mark.parametrize("total", [1, 3, 64, 1024])
 def test_default_tiling_takes_time_steps_first_within_the_work_size(work, total) -> None:
