@@ -126,6 +126,39 @@ if numba is not None:
                     out[t, p, o] = x[t, p, winner]
             sums[p] = s
 
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _gated_pool_2x2_chunk(x, sums, width, out_h, out_w, out):  # pragma: no cover
+        """``_gated_pool_chunk`` for the common 2 x 2 pool of stride 2 without padding, on
+        maps ``width`` wide pooled to (out_h, out_w): out (steps, P, out_h * out_w). The
+        four taps in row-major order pick the first largest sum with a chain of selects:
+        branch-free, so it vectorises, where the general kernel's data-dependent branch per
+        tap ran several times slower (the zoo VGG's pools took a fifth of its simulation)."""
+        steps, planes, size = x.shape
+        for p in numba.prange(planes):
+            s = sums[p].copy()
+            for t in range(steps):
+                row = x[t, p]
+                for i in range(size):
+                    s[i] += row[i]
+                for oy in range(out_h):
+                    top = 2 * oy * width
+                    bottom = top + width
+                    o = oy * out_w
+                    for ox in range(out_w):
+                        a = top + 2 * ox
+                        c = bottom + 2 * ox
+                        best, passed = s[a], row[a]
+                        take = s[a + 1] > best
+                        best = s[a + 1] if take else best
+                        passed = row[a + 1] if take else passed
+                        take = s[c] > best
+                        best = s[c] if take else best
+                        passed = row[c] if take else passed
+                        take = s[c + 1] > best
+                        passed = row[c + 1] if take else passed
+                        out[t, p, o + ox] = passed
+            sums[p] = s
+
     # reassoc: lets the sum vectorise (the order of a float sum is otherwise fixed, which
     # keeps it one add at a time); nothing else of fast-math, so inf and NaN stay exact.
     @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc"})
@@ -307,16 +340,27 @@ def gated_max_pool_cpu(
     """
     match_torch_threads()
     n, c, h, w = running_sum.shape
-    windows = pool_windows(pool, h, w)
     out_h, out_w = _pooled_size(pool, h, w)
     out = x.new_empty((steps, n * c, out_h * out_w))
-    _gated_pool_chunk(
-        x.view(steps, n * c, h * w).numpy(),
-        running_sum.view(n * c, h * w).numpy(),
-        windows.numpy(),
-        out.numpy(),
-    )
+    planes = x.view(steps, n * c, h * w).numpy()
+    sums = running_sum.view(n * c, h * w).numpy()
+    if _two_by_two(pool):
+        _gated_pool_2x2_chunk(planes, sums, w, out_h, out_w, out.numpy())
+    else:
+        _gated_pool_chunk(planes, sums, pool_windows(pool, h, w).numpy(), out.numpy())
     return out.view(steps * n, c, out_h, out_w)
+
+
+def _two_by_two(pool: torch.nn.MaxPool2d) -> bool:
+    """Whether a pool is 2 x 2 with stride 2, no padding and no dilation."""
+
+    def pair(v):
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    stride = pool.stride or pool.kernel_size
+    return (pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation)) == (
+        (2, 2), (2, 2), (0, 0), (1, 1),
+    )  # fmt: skip
 
 
 def _pooled_size(pool: torch.nn.MaxPool2d, height: int, width: int) -> tuple[int, int]:

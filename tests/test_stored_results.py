@@ -203,8 +203,11 @@ def test_a_tuned_scene_model_reproduces_from_its_command(name: str) -> None:
         assert command[command.index("--model") + 1] == name
         images = int(command[command.index("--images") + 1])
         target = int(command[command.index("--target-timesteps") + 1])
+        burst = int(command[command.index("--spikes-per-step") + 1]
+                    if "--spikes-per-step" in command else 1)  # fmt: skip
+        assert key == f"t{target}" + (f"_b{burst}" if burst > 1 else "")
         fresh = measure(name, images, timesteps=(target,), progress=False,
-                        target_timesteps=target)  # fmt: skip
+                        target_timesteps=target, spikes_per_step=burst)  # fmt: skip
         for field in ("ann_miou", "relux_miou", "delay_estimate", "delay_schedule"):
             assert fresh[field] == stored[field], (key, field)
         for field in ("snn_miou_auto", "snn_miou_half", "snn_sops"):

@@ -2,6 +2,8 @@
 
     python -m snnlite.zoo.dense_curves --model scenes_fcn --images 100
     python -m snnlite.zoo.dense_curves --model scenes_fcn --images 100 --target-timesteps 16
+    python -m snnlite.zoo.dense_curves --model scenes_fcn --images 100 --target-timesteps 16 \
+        --spikes-per-step 2
 
 Segmentation models (FCN, DeepLabV3) convert whole; detectors (RetinaNet, FCOS) convert
 their network part only and keep torchvision's pipeline (:mod:`snnlite.detection`). Both are
@@ -13,7 +15,9 @@ The conversion and the scoring are :mod:`snnlite.zoo.scene_eval`'s, which ``snnl
 runs too (``snnlite convert --model zoo:scenes_fcn --data fashion-scenes``).
 With ``--target-timesteps T`` the network is tuned for T after calibration
 (:mod:`snnlite.latency`, the default parts) and the result is stored under ``"t<T>"`` in
-``<model>_latency.json`` beside the paper pipeline's ``<model>.json``.
+``<model>_latency.json`` beside the paper pipeline's ``<model>.json``; with
+``--spikes-per-step B`` (B > 1) too, its neurons send bursts of up to B spikes per step
+(log2(B + 1) bits per step, every spike counted in the SOPs), stored under ``"t<T>_b<B>"``.
 The same simulations count the SNN's synaptic operations (``record_spikes``); the stored
 result also holds the ANN's MACs, so that energy tables of the scene models
 (:mod:`snnlite.energy`) come from the stored numbers::
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -59,9 +64,11 @@ def measure(
     batch_size: int = 50,
     progress: bool = True,
     target_timesteps: int | None = None,
+    spikes_per_step: int = 1,
 ) -> dict:
     """ANN metric and SNN curves (delay auto and half) of zoo model ``name``, as a dict;
-    with ``target_timesteps``, of the network tuned for that T (:mod:`snnlite.latency`)."""
+    with ``target_timesteps``, of the network tuned for that T (:mod:`snnlite.latency`);
+    with ``spikes_per_step`` B > 1, of burst neurons (up to B spikes per step)."""
     entry = info(name)
     model = load(name)
     test_args = {**entry["extra"]["test_scenes"], "num_scenes": images}
@@ -78,8 +85,12 @@ def measure(
     }
     if target_timesteps is not None:
         result["target_timesteps"] = target_timesteps
+    if spikes_per_step > 1:
+        result["spikes_per_step"] = spikes_per_step
+        result["bits_per_step"] = math.log2(spikes_per_step + 1)
     converted = convert_scene_model(model, entry["task"], calibration, progress=progress,
-                                    target_timesteps=target_timesteps)  # fmt: skip
+                                    target_timesteps=target_timesteps,
+                                    spikes_per_step=spikes_per_step)  # fmt: skip
     scores = score_scene_model(model, converted, entry["task"], test, timesteps, list(DELAYS),
                                batch_size, progress)  # fmt: skip
     metric = "miou" if entry["task"] == "segmentation" else "map"
@@ -151,12 +162,22 @@ def main() -> None:
         default=None,
         help="tune for this T; stored in <model>_latency.json under 't<T>'",
     )
+    parser.add_argument(
+        "--spikes-per-step",
+        type=int,
+        default=1,
+        metavar="B",
+        help="burst neurons: up to B spikes per step (needs --target-timesteps)",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.spikes_per_step != 1 and args.target_timesteps is None:
+        parser.error("--spikes-per-step is stored with a tuned network: give --target-timesteps")
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
-                     tuple(args.timesteps), target_timesteps=args.target_timesteps)  # fmt: skip
+                     tuple(args.timesteps), target_timesteps=args.target_timesteps,
+                     spikes_per_step=args.spikes_per_step)  # fmt: skip
     result["command"] = "python -m snnlite.zoo.dense_curves " + shlex.join(sys.argv[1:])
     text = json.dumps(result, indent=1)
     print(text)
@@ -167,7 +188,8 @@ def main() -> None:
         return
     path = RESULTS_DIR / f"{args.model}_latency.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    stored[f"t{args.target_timesteps}"] = result
+    burst = f"_b{args.spikes_per_step}" if args.spikes_per_step > 1 else ""
+    stored[f"t{args.target_timesteps}{burst}"] = result
     path.write_text(json.dumps(stored, indent=1) + "\n")
 
 
