@@ -72,10 +72,12 @@ def test_every_stored_table_names_its_command() -> None:
     paths = [*results.glob("fmnist_*.json"), *(results / f"{name}.json" for name in SCENE_MODELS)]
     for path in sorted(paths):
         assert json.loads(path.read_text())["command"].startswith("python -m snnlite."), path
-    for path in sorted(results.glob("scenes_*_latency.json")):  # {"t<T>": result, ...}
+    for path in sorted(results.glob("scenes_*_latency.json")):  # {"t<T>[_b<B>]": result}
         for key, result in json.loads(path.read_text()).items():
             assert result["command"].startswith("python -m snnlite.zoo.dense_curves "), key
-            assert f"--target-timesteps {key.removeprefix('t')}" in result["command"], key
+            target, _, burst = key.removeprefix("t").partition("_b")
+            assert f"--target-timesteps {target}" in result["command"], key
+            assert (f"--spikes-per-step {burst}" in result["command"]) == bool(burst), key
     for path in sorted((ROOT / "bench").glob("energy_*.md")):
         assert _command(path.read_text())[0].startswith("--"), path
 
