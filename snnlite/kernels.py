@@ -351,26 +351,23 @@ def gated_max_pool_cpu(
     return out.view(steps * n, c, out_h, out_w)
 
 
-def _two_by_two(pool: torch.nn.MaxPool2d) -> bool:
-    """Whether a pool is 2 x 2 with stride 2, no padding and no dilation."""
+def _geometry(pool: torch.nn.MaxPool2d) -> tuple[tuple[int, int], ...]:
+    """A 2-D pool's (kernel, stride, padding, dilation), each as a (height, width) pair."""
 
     def pair(v):
         return (v, v) if isinstance(v, int) else tuple(v)
 
     stride = pool.stride or pool.kernel_size
-    return (pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation)) == (
-        (2, 2), (2, 2), (0, 0), (1, 1),
-    )  # fmt: skip
+    return pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation)
+
+
+def _two_by_two(pool: torch.nn.MaxPool2d) -> bool:
+    """Whether a pool is 2 x 2 with stride 2, no padding and no dilation."""
+    return _geometry(pool) == ((2, 2), (2, 2), (0, 0), (1, 1))
 
 
 def _pooled_size(pool: torch.nn.MaxPool2d, height: int, width: int) -> tuple[int, int]:
-    def pair(v):
-        return (v, v) if isinstance(v, int) else tuple(v)
-
-    return window_output_size(
-        (height, width), pair(pool.kernel_size), pair(pool.stride or pool.kernel_size),
-        pair(pool.padding), pair(pool.dilation),
-    )  # fmt: skip
+    return window_output_size((height, width), *_geometry(pool))
 
 
 def window_output_size(
