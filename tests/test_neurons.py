@@ -77,6 +77,24 @@ def test_neuron_chunks_equal_one_long_run() -> None:
     assert torch.equal(whole, torch.cat([p.view(-1, 3, 4, 5, 5) for p in parts]).view(36, 4, 5, 5))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_reused_neuron_starts_every_run_as_a_new_one(channels_last: bool) -> None:
+    """The initial state kept across reset() follows the batch size, the layout and an
+    in-place change of the threshold: each run equals a fresh neuron's."""
+    torch.manual_seed(2)
+    theta = torch.rand(4) + 0.5
+    reused = IFNeuron(theta.clone(), charge=torch.rand(4) * 0.1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for batch, scale in ((3, 1.0), (2, 1.0), (2, 0.5)):
+        reused.threshold.mul_(scale)  # a recalibration between runs
+        fresh = IFNeuron(reused.threshold.clone(), charge=reused.charge.clone())
+        x = torch.randn(6 * batch, 4, 5, 5).contiguous(memory_format=layout)
+        reused.reset()
+        out = reused(x, steps=6)
+        assert torch.equal(out, fresh(x, steps=6))
+        assert reused.membrane.is_contiguous(memory_format=layout)
+
+
 def test_constant_input_path_equals_repeated_input() -> None:
     torch.manual_seed(1)
     theta = torch.rand(4) + 0.2
