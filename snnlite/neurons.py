@@ -259,6 +259,22 @@ class ActivationSite(nn.Module):
         return f"threshold={'scalar' if not shape else shape}, cap={self.cap}{unit}"
 
 
+def fold_time(x: Tensor) -> Tensor:
+    """(steps, N, ...) -> (steps * N, ...), a view whose strides keep ``x``'s memory format.
+
+    Merging dims may leave a dim of size 1 with any stride: one sample-step of a
+    channels-last map came out as (1, C, H, W) with a batch stride of C, which the
+    convolutions after it read as NCHW, taking their slow path (and rounding differently)
+    for the rest of the network. A size-1 dim's stride addresses nothing, so it is set to
+    the sample's size, as every memory format has it.
+    """
+    folded = x.flatten(0, 1)
+    if folded.shape[0] == 1 and folded.dim() > 1:
+        strides = (folded[0].numel(), *folded.stride()[1:])
+        folded = folded.as_strided(folded.shape, strides, folded.storage_offset())
+    return folded
+
+
 class IFNeuron(nn.Module):
     """Integrate-and-fire neuron over time chunks; the spiking twin of an ActivationSite.
 
@@ -350,4 +366,4 @@ class IFNeuron(nn.Module):
             )
         if self.unit:  # a spike is theta > 0 exactly where the neuron fired
             spikes = torch.ne(spikes, 0).to(spikes.dtype)
-        return spikes.reshape(steps * batch, *current.shape[1:])  # a view: no copy
+        return fold_time(spikes)  # a view: no copy

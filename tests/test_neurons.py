@@ -95,6 +95,17 @@ def test_a_reused_neuron_starts_every_run_as_a_new_one(channels_last: bool) -> N
         assert reused.membrane.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("steps, batch", [(1, 1), (1, 3), (4, 1), (4, 3)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_spikes_keep_the_strides_of_channels_last_currents(steps, batch, in_place) -> None:
+    """Also for one step or one sample: a size-1 dim merged by a reshape may take any
+    stride, and a (1, C, H, W) map with a batch stride of C sent every later convolution
+    down its NCHW path."""
+    current = torch.randn(steps * batch, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    spikes = IFNeuron(torch.rand(8) + 0.5)(current.clone(), steps, in_place=in_place)
+    assert spikes.stride() == current.stride()
+
+
 def test_constant_input_path_equals_repeated_input() -> None:
     torch.manual_seed(1)
     theta = torch.rand(4) + 0.2
