@@ -14,7 +14,11 @@ How simulation is fast and flat in memory:
 * nodes that do not depend on any neuron (the first conv, BN, the stem pool: direct coding
   makes them constant in time) are computed once, not once per step;
 * memory depends on the chunk length, not on T; readouts keep prefix sums only at the steps
-  the requested windows start and end.
+  the requested windows start and end;
+* the chunk is sized for the small late layers, whose calls cost mostly their overhead; the
+  front, the early layers with large activations, runs it in sub-chunks of fewer steps, so
+  that its values stay in the caches and the allocator's reused blocks
+  (:meth:`_Runner.plan_front`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,14 @@ _TIME_POOLS = (GatedMaxPool, CumulativeMaxPool)  # max pools with a state over t
 MIN_WINDOW = 4  # if T < t0 + 4, read out the last 4 steps
 CHUNK_STEPS = 16  # time steps per layer call, at most (see _tiling)
 CACHE_BYTES = 2**21  # one sample-step larger than this overflows the caches anyway
-MIN_WORK = 8  # sample-steps per layer call, at least, for such large activations
+MIN_WORK = 8  # sample-steps per layer call, at least, for such large activations (no front)
+# The front (see _Runner.plan_front): the layers up to where activations shrink to at most
+# FRONT_BYTES per sample-step run in sub-chunks of at most FRONT_CALL_BYTES per value. glibc
+# serves blocks of 32 MiB and more with fresh mmaps, so a larger value page-faults at every
+# call; below it, freed blocks are reused. On MobileNetV2 at 224 px sub-chunks of 10 / 16 /
+# 24 / 31 MB ran at 0.95 / 1.10 / 1.17 / 1.10x its dense bound (bench/bench_224.py).
+FRONT_BYTES = CACHE_BYTES // 4
+FRONT_CALL_BYTES = 24 * 2**20
 # Layers whose output is a new tensor, so a neuron they feed alone may overwrite it.
 _FRESH_OUTPUT = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
@@ -331,9 +342,7 @@ class SpikingNetwork(nn.Module):
         fanouts = fanout_maps(self.ann, x[:1]) if record_spikes else None
         runner = _Runner(self.ann, self.max_pool, record_spikes, fanouts, self.spikes_per_step)
         if chunk_size is None or batch_size is None:
-            per_sample = self._largest_activation_bytes(runner, x[:1])
-            work = _work(self.work_bytes, per_sample)  # samples x steps per layer call
-            chunk_size, batch_size = _tiling(work, total, x.shape[0], chunk_size, batch_size)
+            chunk_size, batch_size = self._plan(runner, x, total, chunk_size, batch_size)
 
         show = self.progress if progress is None else progress
         bar = tqdm(total=total * math.ceil(x.shape[0] / batch_size), desc="simulate",
@@ -374,8 +383,8 @@ class SpikingNetwork(nn.Module):
         runner = _Runner(self.ann, self.max_pool, False, spikes_per_step=self.spikes_per_step)
         parts: dict[str, list[Tensor]] = {}
 
-        def keep(name: str) -> Callable[[Tensor, int], None]:
-            def add(value: Tensor, steps: int) -> None:
+        def keep(name: str) -> Callable[[Tensor, int, int], None]:
+            def add(value: Tensor, steps: int, _offset: int) -> None:
                 parts[name].append(value.reshape(steps, -1, *value.shape[1:]).clone())
 
             return add
@@ -457,8 +466,7 @@ class SpikingNetwork(nn.Module):
         runner = _Runner(self.ann, self.max_pool, False, spikes_per_step=self.spikes_per_step)
         order = {node: i for i, node in enumerate(runner.nodes)}
         runner.stop_after = max((nodes[name] for name in wanted), key=order.__getitem__)
-        work = _work(self.work_bytes, self._largest_activation_bytes(runner, x[:1]))
-        chunk, tile_size = _tiling(work, T, x.shape[0], None, None)
+        chunk, tile_size = self._plan(runner, x, T, None, None)
         parts: dict[str, list[Tensor]] = {name: [] for name in wanted}
         for tile in torch.split(x, tile_size):
             window = _WindowSums(start, tile.shape[0])
@@ -504,15 +512,30 @@ class SpikingNetwork(nn.Module):
             return T // 2
         return check_delay(delay)  # type: ignore[return-value]  # a number here
 
-    def _largest_activation_bytes(self, runner: _Runner, sample: Tensor) -> int:
-        """The runner's ``largest_activation_bytes`` for this kind of input, measured once: it
-        sets only the tiling, and costs a pass of the network (5% of a MobileNetV2 run at
-        224 px and T = 16)."""
+    def _plan(
+        self, runner: _Runner, x: Tensor, total: int, chunk: int | None, batch: int | None
+    ) -> tuple[int, int]:
+        """Steps per chunk and samples per tile for simulating ``x`` (those the caller fixed
+        are kept), and the runner's front: the tiling suits the layers behind the front, and
+        a tile holds no more samples than one front sub-chunk of a step can take."""
+        per_sample = runner.plan_front(self._activation_bytes(runner, x[:1]))
+        work = _work(self.work_bytes, per_sample)  # samples x steps per layer call
+        chunk, tile = _tiling(work, total, x.shape[0], chunk, batch)
+        if runner.front_end:
+            if batch is None:
+                tile = min(tile, max(1, FRONT_CALL_BYTES // runner.front_bytes))
+            runner.front_steps = _front_steps(runner.front_bytes, tile)
+        return chunk, tile
+
+    def _activation_bytes(self, runner: _Runner, sample: Tensor) -> dict[fx.Node, int]:
+        """The runner's ``activation_bytes`` for this kind of input, measured once: they set
+        only the tiling, and cost a pass of the network (5% of a MobileNetV2 run at 224 px
+        and T = 16)."""
         key = (id(self.ann), self.max_pool, self.spikes_per_step, tuple(sample.shape[1:]),
                sample.dtype, sample.device, runner.stop_after)  # fmt: skip
-        cache = self.__dict__.setdefault("_activation_bytes", {})
+        cache = self.__dict__.setdefault("_activation_sizes", {})
         if key not in cache:
-            cache[key] = runner.largest_activation_bytes(sample)
+            cache[key] = runner.activation_bytes(sample)
         return cache[key]
 
     def _check_thresholds(self) -> None:
@@ -529,10 +552,11 @@ class _WindowSums:
         self.done = 0  # steps simulated before the current chunk
         self.sums: dict[str, Tensor] = {}
 
-    def watcher(self, name: str) -> Callable[[Tensor, int], None]:
-        def add(value: Tensor, steps: int) -> None:
+    def watcher(self, name: str) -> Callable[[Tensor, int, int], None]:
+        def add(value: Tensor, steps: int, offset: int) -> None:
+            """``offset``: the value's first step within the chunk (a front's sub-chunk)."""
             per_step = value.reshape(steps, self.batch, *value.shape[1:])
-            first = max(0, self.start - self.done)  # the chunk's first step in the window
+            first = max(0, self.start - self.done - offset)  # its first step in the window
             if first < steps:
                 part = per_step[first:].sum(dim=0, dtype=torch.float64)
                 self.sums[name] = self.sums[name] + part if name in self.sums else part
@@ -546,14 +570,21 @@ def _check_timesteps(timesteps: int | Iterable[int]) -> list[int]:
 
 def _work(work_bytes: int, per_sample: int) -> int:
     """Sample-steps per layer call: as many as fit in ``work_bytes`` of the largest
-    activation, and at least ``MIN_WORK`` once one sample-step alone is larger than
-    ``CACHE_BYTES``. There the working set overflows the caches whatever the tiling, and
-    with one sample-step per call the time goes into the per-call overhead of many small
-    layer calls: MobileNetV2 at 224 px (4.8 MB per sample-step, ~150 layer calls per step)
-    simulated about half as fast with one sample-step per call as with 8, and more than 8
-    was slower again; ResNet-18 did not care (``bench/bench_224.py``)."""
+    activation (behind the front, if there is one), and at least ``MIN_WORK`` once one
+    sample-step alone is larger than ``CACHE_BYTES`` (only where no front could be cut).
+    There the working set overflows the caches whatever the tiling, and with one
+    sample-step per call the time goes into the per-call overhead of many small layer calls:
+    MobileNetV2 at 224 px without its front (4.6 MB per sample-step, ~150 layer calls per
+    step) simulated about half as fast with one sample-step per call as with 8, and more
+    than 8 was slower again (``bench/bench_224.py``)."""
     work = max(1, work_bytes // max(1, per_sample))
     return max(work, MIN_WORK) if per_sample > CACHE_BYTES else work
+
+
+def _front_steps(front_bytes: int, batch: int) -> int:
+    """Steps per sub-chunk of the front: as many as keep its values under
+    ``FRONT_CALL_BYTES`` (at least one)."""
+    return max(1, FRONT_CALL_BYTES // max(1, front_bytes * batch))
 
 
 def _tiling(
@@ -666,10 +697,17 @@ class _Runner:
                         for node in self.nodes if node.op == "call_module"}  # fmt: skip
         self.freed = [[arg for arg in node.all_input_nodes if self.last_use[arg] == i]
                       for i, node in enumerate(self.nodes)]  # fmt: skip
-        # Observers of time-varying nodes: called with each chunk's value (steps * N, ...) and
-        # the number of steps; a chunk stops after ``stop_after`` (then run_chunk gives None).
-        self.watch: dict[fx.Node, Callable[[Tensor, int], None]] = {}
+        # Observers of time-varying nodes: called with each chunk's value (steps * N, ...),
+        # the number of steps and the first one's offset within the chunk (nonzero in the
+        # front's sub-chunks); a chunk stops after ``stop_after`` (then run_chunk gives None).
+        self.watch: dict[fx.Node, Callable[[Tensor, int, int], None]] = {}
         self.stop_after: fx.Node | None = None
+        # The front (plan_front): nodes[:front_end] run front_steps steps at a time; the
+        # values in ``exits`` cross to the rest of the graph. front_end 0: no front.
+        self.front_end = 0
+        self.front_bytes = 0  # its largest activation, one sample-step
+        self.front_steps = 0
+        self.exits: list[fx.Node] = []
 
     def _temporal_twin(self, node: fx.Node, max_pool: MaxPoolMode) -> nn.Module | None:
         if node.meta.get(ANALOG) and node.op in ("call_module", "call_function", "call_method"):
@@ -789,19 +827,100 @@ class _Runner:
                 env[node] = self._call(node, args, kwargs)  # temporal twins act as the ANN here
         return env
 
-    def largest_activation_bytes(self, sample: Tensor) -> int:
-        """Bytes of the largest time-varying activation for one sample and one step."""
-        sizes: list[int] = []
-        self.run_chunk(self.run_static(sample), 1, sample.shape[0], sizes=sizes)
-        self.reset()
-        return max(sizes, default=1)
+    @torch.no_grad()
+    def activation_bytes(self, sample: Tensor) -> dict[fx.Node, int]:
+        """Bytes of every time-varying value for one sample and one step: nodes whose value
+        is a tensor with the sample in its first dim (not a shape, a tuple, a reduction)."""
+        sizes: dict[fx.Node, int] = {}
+        front, self.front_end = self.front_end, 0
+        try:
+            self.run_chunk(self.run_static(sample), 1, sample.shape[0], sizes=sizes)
+        finally:
+            self.front_end = front
+            self.reset()
+        return sizes
+
+    def plan_front(self, sizes: Mapping[fx.Node, int]) -> int:
+        """Choose the front and return the largest activation behind it (one sample-step),
+        which sets the tiling of the rest.
+
+        Early layers hold the largest activations (MobileNetV2 at 224 px: 4.6 MB per
+        sample-step at 112 x 112, 0.1 MB from 28 x 28 on). One tiling cannot suit both ends:
+        calls large enough to amortise the per-call cost of the ~150 small late layers make
+        the early values tens of MB, which leave the caches and page-fault at every
+        allocation. So the front, the nodes up to the first point after the last value above
+        ``FRONT_BYTES`` where what crosses to the rest is small (at most ``CACHE_BYTES / 4``,
+        the values later nodes read), runs in sub-chunks of fewer steps (``_front_steps``),
+        and the rest of each chunk runs on their joined outputs. Time order is kept (the
+        sub-chunks run one after the other), so the results are those of shorter chunks.
+        No front if no value is that large, or no cut is small enough (a U-Net's skips), or
+        only one with nothing behind it (that front would be all the network).
+        """
+        self.front_end, self.front_bytes, self.exits = 0, 0, []
+        large = [i for i, node in enumerate(self.nodes) if sizes.get(node, 0) > FRONT_BYTES]
+        if large:
+            first = large[-1] + 1
+            live = [node for node in self.nodes[:first]  # values read at or after ``first``
+                    if node in self.dynamic and self.last_use.get(node, -1) >= first]  # fmt: skip
+            for end in range(first, len(self.nodes)):
+                small = all(node in sizes for node in live) and (
+                    sum(sizes[node] for node in live) <= CACHE_BYTES // 4
+                )
+                if small and any(node in sizes for node in self.nodes[end:]):
+                    self.front_end, self.exits = end, live
+                    self.front_bytes = max(sizes.get(node, 0) for node in self.nodes[:end])
+                    break
+                node = self.nodes[end]  # the cut moves past it: it is read later, or not
+                live = [value for value in live if self.last_use.get(value) != end]
+                if node in self.dynamic and self.last_use.get(node, -1) > end:
+                    live.append(node)
+        behind = [sizes.get(node, 0) for node in self.nodes[self.front_end :]]
+        return max(behind, default=1) or 1
 
     def run_chunk(
-        self, static: dict[fx.Node, Any], steps: int, batch: int, sizes: list | None = None
+        self,
+        static: dict[fx.Node, Any],
+        steps: int,
+        batch: int,
+        sizes: dict[fx.Node, int] | None = None,
     ) -> Any:
-        """Values of the output for ``steps`` more time steps, time-folded (steps * N, ...)."""
+        """Values of the output for ``steps`` more time steps, time-folded (steps * N, ...);
+        the front (if any) in sub-chunks of ``front_steps`` steps."""
         env: dict[fx.Node, Any] = {}
-        for i, node in enumerate(self.nodes):
+        first = 0
+        if self.front_end and steps > self.front_steps:
+            parts: dict[fx.Node, list[Tensor]] = {node: [] for node in self.exits}
+            for offset in range(0, steps, self.front_steps):
+                part = min(self.front_steps, steps - offset)
+                values: dict[fx.Node, Any] = {}
+                if self._run_nodes(0, self.front_end, values, static, part, offset) is _STOP:
+                    continue
+                for node in self.exits:
+                    parts[node].append(values[node])
+            if parts and not all(parts.values()):  # stopped in the front
+                return None
+            env = {node: torch.cat(values) for node, values in parts.items()}
+            first = self.front_end
+        sizing = None if sizes is None else (sizes, steps * batch)
+        output = self._run_nodes(first, len(self.nodes), env, static, steps, 0, sizing)
+        return None if output is _STOP else output
+
+    def _run_nodes(
+        self,
+        first: int,
+        end: int,
+        env: dict[fx.Node, Any],
+        static: dict[fx.Node, Any],
+        steps: int,
+        offset: int,
+        sizing: tuple[dict[fx.Node, int], int] | None = None,
+    ) -> Any:
+        """Run ``nodes[first:end]`` for ``steps`` steps, the first ``offset`` steps into the
+        chunk, on the values in ``env`` (filled in); the output's value if it is reached,
+        ``_STOP`` after ``stop_after``, else None. ``sizing``: (sizes, rows) records the bytes
+        of every tensor value with ``rows`` (steps * N) in its first dim."""
+        for i in range(first, end):
+            node = self.nodes[i]
             if node.op == "output":
                 args, _ = _load(node, env, static, steps)
                 return args[0]
@@ -826,14 +945,17 @@ class _Runner:
             if node in self.records:
                 self.records[node].add(value, steps)
             if node in self.watch:
-                self.watch[node](value, steps)
+                self.watch[node](value, steps, offset)
             if node is self.stop_after:
-                return None
-            if sizes is not None and torch.is_tensor(value):
-                sizes.append(value.numel() * value.element_size())
+                return _STOP
+            if sizing and torch.is_tensor(value) and value.dim() and value.shape[0] == sizing[1]:
+                sizing[0][node] = value.numel() * value.element_size()
             for arg in self.freed[i]:  # free what no later node needs
                 env.pop(arg, None)
-        raise RuntimeError("graph has no output node")
+        return None
+
+
+_STOP = object()  # what _Runner._run_nodes returns after the node it was told to stop at
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:

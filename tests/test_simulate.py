@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import snnlite
+from snnlite import network
 from snnlite.network import CHUNK_STEPS, _tiling, readout_start
 from tests.helpers import oracle
 
@@ -112,6 +113,64 @@ def test_tiles_one_at_a_time_are_the_simulation_in_pieces(resnet_snn, photo_crop
     assert list(one_delay) == [12]
     with pytest.raises(ValueError, match="positive"):
         resnet_snn.simulate_tiles(x, 0)  # raised at the call, not at the first tile
+
+
+def test_the_front_in_sub_chunks_changes_nothing(resnet_snn, photo_crops, monkeypatch) -> None:
+    """The layers with large activations run each chunk in sub-chunks of fewer steps (made to
+    here with small thresholds, one step each: these crops are small). Readouts, spike
+    counts and site rates (watched values, offset within the chunk) are those of one tiling
+    for all layers."""
+    x = photo_crops[40:43]
+
+    def run():
+        out = resnet_snn.simulate(x, [5, 12], delay=[0, 3], record_spikes=True)
+        return out, dict(resnet_snn.spike_counts), resnet_snn.site_rates(x, 12, start=3)
+
+    monkeypatch.setattr(network, "FRONT_BYTES", float("inf"))
+    plain = run()
+    monkeypatch.setattr(network, "FRONT_BYTES", 10_000)  # layer1 of ResNet-18 at 32 px
+    monkeypatch.setattr(network, "FRONT_CALL_BYTES", 1)  # one step per sub-chunk
+    runner = network._Runner(resnet_snn.ann, "gated", False)
+    runner.plan_front(runner.activation_bytes(x[:1]))
+    assert 0 < runner.front_end < len(runner.nodes) - 1 and runner.exits  # a real front
+    front = run()
+    for key, readout in plain[0].items():
+        assert torch.allclose(front[0][key], readout, rtol=1e-5, atol=1e-6), key
+    assert plain[1].keys() == front[1].keys()
+    for name, counts in plain[1].items():
+        assert torch.equal(front[1][name], counts), name
+    for name, rates in plain[2].items():
+        assert torch.allclose(front[2][name], rates, rtol=1e-5, atol=1e-6), name
+
+
+class SkipToTheEnd(nn.Module):
+    """A large early activation read again by a large last layer, as a U-Net's skips are:
+    no cut after the last large value is small, so there is no front."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 16, 2, stride=2)
+        self.head = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        skip = torch.relu(self.wide(x))
+        return self.head(torch.relu(self.up(torch.relu(self.down(skip)))) + skip)
+
+
+def test_no_front_where_a_large_value_is_read_at_the_end(photo_crops, monkeypatch) -> None:
+    torch.manual_seed(0)
+    snn = snnlite.convert(SkipToTheEnd().eval(), [photo_crops[:8]], iterations=4,
+                          progress=False)  # fmt: skip
+    x = photo_crops[8:10]
+    monkeypatch.setattr(network, "FRONT_BYTES", 32 * 2**10)  # 16 x 32 x 32 floats are large
+    runner = network._Runner(snn.ann, "gated", False)
+    sizes = runner.activation_bytes(x[:1])
+    assert runner.plan_front(sizes) == max(sizes.values())  # the tiling sees every layer
+    assert runner.front_end == 0
+    reference = snn.simulate(x, 6, chunk_size=6, batch_size=2)[6]  # fixed tiling: no front
+    assert torch.equal(snn.simulate(x, 6)[6], reference)
 
 
 @pytest.mark.parametrize("work", [1, 7, 80, 10_000])
