@@ -22,7 +22,7 @@ to (b), (c) and (d) (medians over rounds of ratios within a round); then, from o
 of (a) and (c) in each layout, where the time goes: milliseconds per image-step in each
 kind of layer. Written by::
 
-    python bench/bench_224.py                       # 4 crops, T = 16, 3 rounds, 1 thread
+    python bench/bench_224.py                       # 4 crops, T = 16, 7 rounds, 1 thread
     python bench/bench_224.py --images 8 --timesteps 32 --threads 2
 
 into ``bench/speed_224.json`` and ``bench/speed_224.md``, headed by the command
@@ -211,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=4, help="crops simulated together")
     parser.add_argument("--timesteps", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
