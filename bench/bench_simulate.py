@@ -129,14 +129,15 @@ def naive_loop(snn: snnlite.SpikingNetwork, x: torch.Tensor, steps: int) -> torc
     return total / steps
 
 
-def spikingjelly_runner(model: nn.Module, calibration: list[torch.Tensor]):
-    """SpikingJelly 2.0's LTB conversion, and a function that simulates T steps with it."""
+def spikingjelly_runner(model: nn.Module, calibration: list[torch.Tensor], device: str = "cpu"):
+    """SpikingJelly 2.0's LTB conversion on ``device``, and a function that simulates T steps
+    with it."""
     try:
         from spikingjelly.activation_based import ann2snn, functional
     except ImportError:
         return None
     recipe = ann2snn.LocalThresholdBalancingRecipe(dataloader=[(b, None) for b in calibration])
-    net = ann2snn.FXConverter(recipe=recipe, device="cpu").convert(copy.deepcopy(model)).eval()
+    net = ann2snn.FXConverter(recipe=recipe, device=device).convert(copy.deepcopy(model)).eval()
 
     def run(x: torch.Tensor, steps: int) -> torch.Tensor:
         functional.reset_net(net)

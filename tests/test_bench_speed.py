@@ -11,6 +11,7 @@ command that wrote it, and that the stored ratios meet the targets they are show
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.helpers import bench_script
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 speed_zoo = bench_script("bench_simulate")
 speed_224 = bench_script("bench_224")
+speed_gpu = bench_script("bench_gpu")
 
 
 def stored(stem: str) -> dict:
@@ -90,3 +92,22 @@ def test_the_profile_splits_one_run_by_layer_kind(photo_crops) -> None:
     assert all(ms > 0 for name, ms in profile.items() if name != "outside layers")
     hooks = nn.modules.module._global_forward_hooks
     assert not hooks  # removed after the run
+
+
+def test_the_gpu_bench_runs_end_to_end_on_a_cpu(monkeypatch) -> None:
+    """bench/bench_gpu.py waits for a lent GPU; on small CPU crops every part runs and says
+    what it measured (peak device memory is a CUDA measurement: none here)."""
+    argv = ["bench_gpu.py", "--device", "cpu", "--images", "2", "--timesteps", "2", "--size",
+            "32", "--repeats", "1", "--memory-timesteps", "2", "--calibration-batches", "1",
+            "--calibration-batch", "2", "--updates", "4", "--no-write"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    table = speed_gpu.main()
+    assert table["device"] == "cpu" and table["peak memory MB"] is None
+    for name, speed in table["speed"].items():
+        assert speed["snnlite (image-steps/s)"] > 0 and speed["snnlite / dense bound"] > 0, name
+    assert table["conversion"]["seconds"] > 0
+    assert speed_gpu.markdown(table).startswith(f"<!-- written by: {table['command']} -->")
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", ["bench_gpu.py"])
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            speed_gpu.main()
