@@ -858,15 +858,16 @@ class _Runner:
         """
         self.front_end, self.front_bytes, self.exits = 0, 0, []
         large = [i for i, node in enumerate(self.nodes) if sizes.get(node, 0) > FRONT_BYTES]
+        sized = [i for i, node in enumerate(self.nodes) if node in sizes]
         if large:
             first = large[-1] + 1
             live = [node for node in self.nodes[:first]  # values read at or after ``first``
                     if node in self.dynamic and self.last_use.get(node, -1) >= first]  # fmt: skip
-            for end in range(first, len(self.nodes)):
+            for end in range(first, sized[-1] + 1):  # something sized stays behind the cut
                 small = all(node in sizes for node in live) and (
                     sum(sizes[node] for node in live) <= CACHE_BYTES // 4
                 )
-                if small and any(node in sizes for node in self.nodes[end:]):
+                if small:
                     self.front_end, self.exits = end, live
                     self.front_bytes = max(sizes.get(node, 0) for node in self.nodes[:end])
                     break
@@ -888,7 +889,7 @@ class _Runner:
         the front (if any) in sub-chunks of ``front_steps`` steps."""
         env: dict[fx.Node, Any] = {}
         first = 0
-        if self.front_end and steps > self.front_steps:
+        if self.front_end and 0 < self.front_steps < steps:
             parts: dict[fx.Node, list[Tensor]] = {node: [] for node in self.exits}
             for offset in range(0, steps, self.front_steps):
                 part = min(self.front_steps, steps - offset)
