@@ -28,7 +28,7 @@ from snnlite.latency import (
     tune_for_latency,
 )
 from snnlite.network import MAX_POOL_MODES, MaxPoolMode, SpikingNetwork
-from snnlite.neurons import check_spikes_per_step
+from snnlite.neurons import check_signed_spikes, check_spikes_per_step
 from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 
 __all__ = ["calibrate", "convert"]
@@ -55,6 +55,7 @@ def convert(
     latency_parts: Collection[str] = LATENCY_PARTS,
     tuning_size: int = TUNING_SAMPLES,
     spikes_per_step: int = 1,
+    signed_spikes: bool = False,
     progress: bool = True,
 ) -> SpikingNetwork:
     """Convert a pretrained CNN into a spiking network, without training.
@@ -106,6 +107,14 @@ def convert(
             so a run of T steps carries what a binary run of B T steps does, in T steps.
             Every spike of a burst is counted as an event and in the synaptic operations.
             A separate option: compare its T with binary spikes only with the bits stated.
+        signed_spikes: ``False`` (default): the paper's neurons, whose spikes are final.
+            ``True``: **signed spikes with memory**
+            (:func:`snnlite.neurons.signed_integrate_and_fire`): a neuron may also send a
+            spike of -theta to take back one it sent before, so that its spikes so far are
+            always its input so far, rounded. Deep networks settle in far fewer steps; a
+            step carries one of three values, log2(3) = 1.58 bits, and every spike of
+            either sign is an event and costs its synaptic operations. A separate option,
+            like bursts (with which it does not combine).
         progress: show tqdm progress bars (calibration and simulation).
 
     Under an initialised process group (``torchrun``; see :mod:`snnlite.distributed`) each
@@ -128,6 +137,7 @@ def convert(
     if iterations is not None and (isinstance(iterations, bool) or iterations <= 0):
         raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
     spikes_per_step = check_spikes_per_step(spikes_per_step)
+    signed_spikes = check_signed_spikes(signed_spikes, spikes_per_step)
     if max_pool is not None and max_pool not in MAX_POOL_MODES:
         raise ValueError(f"max_pool must be one of {MAX_POOL_MODES} or None, got {max_pool!r}")
     parts = None
@@ -164,7 +174,7 @@ def convert(
     if max_pool is None:
         max_pool = "gated" if parts is None else "cumulative"
     snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress,
-                         spikes_per_step=spikes_per_step)  # fmt: skip
+                         spikes_per_step=spikes_per_step, signed_spikes=signed_spikes)  # fmt: skip
     snn.sample_shape = tuple(probe.shape[1:])
     snn.delay_estimate = snn.estimate_delay(probe[:probe_size])
     if parts is not None:

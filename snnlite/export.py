@@ -31,7 +31,8 @@ export writes, and how snnlite's network maps onto it:
 Refused, with an :class:`ExportError` that names the node: max pooling (NIR 1.0 has no max
 pool; snnlite's gated max pool is not expressible), nodes kept analog, the low-latency
 ``bias`` current, burst neurons (``spikes_per_step`` > 1: NIR's IF sends one spike per
-step), concatenation, upsampling and any other operation without a NIR node.
+step), signed spikes (NIR's IF never takes a spike back), concatenation, upsampling and
+any other operation without a NIR node.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ class _Exporter:
             raise ExportError(
                 f"the network sends bursts (spikes_per_step={snn.spikes_per_step}); NIR's IF "
                 "neuron sends at most one spike per step: convert with spikes_per_step=1"
+            )
+        if snn.signed_spikes:
+            raise ExportError(
+                "the network sends signed spikes (signed_spikes=True); NIR's IF neuron never "
+                "takes a spike back: convert with signed_spikes=False"
             )
         self.snn = snn
         self.gm = snn.ann

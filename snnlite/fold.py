@@ -131,6 +131,11 @@ def fold_thresholds(snn: SpikingNetwork, example: Tensor | None = None) -> Spiki
             f"this network sends bursts (spikes_per_step={snn.spikes_per_step}): folding makes "
             "binary unit spikes; convert with spikes_per_step=1"
         )
+    if snn.signed_spikes:
+        raise FoldError(
+            "this network sends signed spikes (signed_spikes=True): folding makes binary unit "
+            "spikes; convert with signed_spikes=False"
+        )
     for name, site in activation_sites(snn.ann).items():
         if not torch.isfinite(site.threshold).all():
             raise FoldError(f"threshold of site {name!r} is not finite: calibrate first")

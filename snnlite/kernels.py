@@ -28,6 +28,7 @@ __all__ = [
     "empty_over_time",
     "excess_sums_cpu",
     "integrate_and_fire_cpu",
+    "signed_integrate_and_fire_cpu",
     "spike_maps",
     "window_output_size",
 ]
@@ -103,6 +104,39 @@ if numba is not None:
             for t in range(steps):
                 row = currents[t, start:stop]
                 _if_step(u, value[lo:hi], level[lo:hi], zero, row, row)
+
+    @numba.njit(inline="always")
+    def _signed_step(u, sent, value, level, zero, current, spike):  # pragma: no cover
+        """One step of a block of signed neurons with memory: integrate; fire +theta at
+        ``u >= theta`` or -theta at ``u < 0`` with a spike to take back (``sent > 0``);
+        reset by subtracting the spike; ``sent`` counts the net spikes."""
+        one = zero + 1
+        for k in range(u.shape[0]):  # branch-free, so it vectorises
+            v = u[k] + current[k]
+            up = one if v >= level[k] else zero
+            back = one if (v < zero) & (sent[k] > zero) else zero
+            sign = up - back
+            sent[k] += sign
+            s = sign * value[k]
+            spike[k] = s
+            u[k] = v - s
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _signed_chunk(currents, constant, membrane, sent, value, level, spikes):  # pragma: no cover
+        """``_if_chunk`` for signed neurons with memory; ``sent`` (M,) updated too."""
+        steps, size = spikes.shape
+        period = value.shape[0]
+        per_sample = (period + BLOCK - 1) // BLOCK
+        zero = np.zeros(1, dtype=membrane.dtype)[0]
+        for b in numba.prange(size // period * per_sample):
+            lo, hi, start, stop = _block(b, per_sample, period)
+            u = membrane[start:stop]
+            n = sent[start:stop]
+            for t in range(steps):
+                row = 0 if constant else t
+                current = currents[row, start:stop]
+                _signed_step(u, n, value[lo:hi], level[lo:hi], zero, current,
+                             spikes[t, start:stop])  # fmt: skip
 
     @numba.njit(cache=True, nogil=True, parallel=True)
     def _gated_pool_chunk(x, sums, windows, out):  # pragma: no cover
@@ -262,6 +296,39 @@ def integrate_and_fire_cpu(
         flat_membrane,
         value,
         level,
+        _flat_over_time(spikes, membrane).numpy(),
+    )
+    return spikes
+
+
+def signed_integrate_and_fire_cpu(
+    currents: Tensor,
+    membrane: Tensor,
+    sent: Tensor,
+    threshold: Tensor,
+    steps: int,
+    constant: bool,
+    maps: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Fused chunk of signed neurons with memory: the contract of
+    :func:`snnlite.neurons.signed_integrate_and_fire`. ``membrane`` and ``sent`` (N, ...),
+    in one memory format, are updated in place; returns spikes (steps, N, ...) in it."""
+    value, level = spike_maps(threshold, membrane) if maps is None else maps
+    layout = _format_of(membrane)
+    if constant:
+        flat_currents = _flat_in_memory_order(currents.contiguous(memory_format=layout))
+        flat_currents = flat_currents.view(1, -1)
+    else:
+        flat_currents = _flat_over_time(currents, membrane)
+    spikes = empty_over_time(membrane, steps)
+    match_torch_threads()
+    _signed_chunk(
+        flat_currents.numpy(),
+        constant,
+        _flat_in_memory_order(membrane).numpy(),
+        _flat_in_memory_order(sent).numpy(),
+        value.numpy(),
+        level.numpy(),
         _flat_over_time(spikes, membrane).numpy(),
     )
     return spikes

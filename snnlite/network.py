@@ -42,6 +42,7 @@ from snnlite.graph import ANALOG, activation_sites, is_site, site_name, site_nod
 from snnlite.neurons import (
     IFNeuron,
     broadcast_threshold,
+    check_signed_spikes,
     check_spikes_per_step,
     events_per_position,
     synaptic_operations,
@@ -143,6 +144,7 @@ class SpikingNetwork(nn.Module):
         work_bytes: int = 8 * 2**20,
         progress: bool = True,
         spikes_per_step: int = 1,
+        signed_spikes: bool = False,
     ) -> None:
         super().__init__()
         if max_pool not in MAX_POOL_MODES:
@@ -151,6 +153,9 @@ class SpikingNetwork(nn.Module):
         # 1: the paper's binary spikes; B > 1: burst neurons, up to B spikes of theta / B
         # per step (snnlite.neurons.burst_integrate_and_fire): log2(B + 1) bits per step.
         self.spikes_per_step = check_spikes_per_step(spikes_per_step)
+        # Signed spikes with memory (snnlite.neurons.signed_integrate_and_fire): a neuron
+        # may take back a spike it sent; three values per step, log2(3) bits.
+        self.signed_spikes = check_signed_spikes(signed_spikes, self.spikes_per_step)
         self.max_pool = max_pool
         self.delay_estimate = delay_estimate
         self.delay_schedule = dict(delay_schedule) if delay_schedule else None
@@ -340,7 +345,7 @@ class SpikingNetwork(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
 
         fanouts = fanout_maps(self.ann, x[:1]) if record_spikes else None
-        runner = _Runner(self.ann, self.max_pool, record_spikes, fanouts, self.spikes_per_step)
+        runner = self._runner(record_spikes, fanouts)
         if chunk_size is None or batch_size is None:
             chunk_size, batch_size = self._plan(runner, x, total, chunk_size, batch_size)
 
@@ -380,7 +385,7 @@ class SpikingNetwork(nn.Module):
         x = check_input(x, reference_of(self.ann))
         self._check_thresholds()
         check_runs(self.ann, x, self.sample_shape)
-        runner = _Runner(self.ann, self.max_pool, False, spikes_per_step=self.spikes_per_step)
+        runner = self._runner()
         parts: dict[str, list[Tensor]] = {}
 
         def keep(name: str) -> Callable[[Tensor, int, int], None]:
@@ -463,7 +468,7 @@ class SpikingNetwork(nn.Module):
         unknown = [name for name in wanted if name not in nodes]
         if unknown:
             raise KeyError(f"no activation site named {unknown[0]!r}; sites: {list(nodes)}")
-        runner = _Runner(self.ann, self.max_pool, False, spikes_per_step=self.spikes_per_step)
+        runner = self._runner()
         order = {node: i for i, node in enumerate(runner.nodes)}
         runner.stop_after = max((nodes[name] for name in wanted), key=order.__getitem__)
         chunk, tile_size = self._plan(runner, x, T, None, None)
@@ -527,11 +532,18 @@ class SpikingNetwork(nn.Module):
             runner.front_steps = _front_steps(runner.front_bytes, tile)
         return chunk, tile
 
+    def _runner(
+        self, record_spikes: bool = False, fanouts: Mapping[str, Tensor] | None = None
+    ) -> _Runner:
+        return _Runner(self.ann, self.max_pool, record_spikes, fanouts, self.spikes_per_step,
+                       self.signed_spikes)  # fmt: skip
+
     def _activation_bytes(self, runner: _Runner, sample: Tensor) -> dict[fx.Node, int]:
         """The runner's ``activation_bytes`` for this kind of input, measured once: they set
         only the tiling, and cost a pass of the network (5% of a MobileNetV2 run at 224 px
         and T = 16)."""
-        key = (id(self.ann), self.max_pool, self.spikes_per_step, tuple(sample.shape[1:]),
+        key = (id(self.ann), self.max_pool, self.spikes_per_step, self.signed_spikes,
+               tuple(sample.shape[1:]),
                sample.dtype, sample.device, runner.stop_after)  # fmt: skip
         cache = self.__dict__.setdefault("_activation_sizes", {})
         if key not in cache:
@@ -663,9 +675,11 @@ class _Runner:
         record: bool,
         fanouts: Mapping[str, Tensor] | None = None,
         spikes_per_step: int = 1,
+        signed_spikes: bool = False,
     ) -> None:
         self.ann = ann
         self.spikes_per_step = spikes_per_step
+        self.signed_spikes = signed_spikes
         self.nodes = list(ann.graph.nodes)
         self.temporal: dict[fx.Node, nn.Module] = {}
         # What the spike sources return is recorded here, not by the sources themselves:
@@ -721,7 +735,7 @@ class _Runner:
         if is_site(node):
             site = self.ann.get_submodule(node.target)
             return IFNeuron(site.threshold, site.bias, site.charge, site.unit,
-                            self.spikes_per_step)  # fmt: skip
+                            self.spikes_per_step, self.signed_spikes)  # fmt: skip
         module = self.ann.get_submodule(node.target)
         if isinstance(module, MAX_POOL_TYPES) and max_pool == "gated":
             return GatedMaxPool(module)

@@ -8,6 +8,10 @@
 * ``burst_integrate_and_fire``: an opt-in variant that may send up to B spikes of
   ``theta / B`` per step (``spikes_per_step=B``; more than one bit per step, so its T is not
   the binary neuron's T). Under a constant current it gives ``psi_{B T}`` in T steps.
+* ``signed_integrate_and_fire``: an opt-in variant with *signed spikes and memory*
+  (``signed_spikes=True``): it may also send a spike of ``-theta`` to take back one it sent
+  before, so its spikes so far always round its input so far. Three values per step
+  (log2 3 = 1.58 bits), the binary neuron's rate under a constant current.
 
 The spike condition is ``v >= theta`` everywhere (neuron, ``rate``), so ``rate`` matches the
 neuron exactly: a constant current ``z`` gives ``floor(z * T / theta + 1/2)`` spikes in T steps.
@@ -36,11 +40,14 @@ __all__ = [
     "IFNeuron",
     "broadcast_threshold",
     "burst_integrate_and_fire",
+    "check_signed_spikes",
     "check_spikes_per_step",
     "events_per_position",
     "integrate_and_fire",
+    "integrate_and_fire_signed",
     "rate",
     "relux",
+    "signed_integrate_and_fire",
     "synaptic_operations",
 ]
 
@@ -156,6 +163,18 @@ def check_spikes_per_step(value: object) -> int:
     return value
 
 
+def check_signed_spikes(value: object, spikes_per_step: int = 1) -> bool:
+    """Whether neurons send signed spikes: a bool, and only with binary spikes (no bursts)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"signed_spikes must be True or False, got {value!r}")
+    if value and spikes_per_step != 1:
+        raise ValueError(
+            f"signed_spikes=True sends one spike of +-theta per step; it does not combine "
+            f"with bursts (spikes_per_step={spikes_per_step})"
+        )
+    return value
+
+
 def burst_integrate_and_fire(
     currents: Tensor,
     membrane: Tensor,
@@ -192,6 +211,87 @@ def burst_integrate_and_fire(
         count = torch.floor(membrane / level).clamp_(0, levels)  # fire: 0 .. B spikes
         torch.mul(count, quantum, out=spikes[t])
         membrane.sub_(spikes[t])  # reset by subtraction
+    return spikes, membrane
+
+
+def integrate_and_fire_signed(
+    currents: Tensor,
+    membrane: Tensor,
+    threshold: Tensor,
+    sent: Tensor,
+    steps: int | None = None,
+    backend: str = "auto",
+    maps: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`signed_integrate_and_fire` on the fused CPU kernel where it can run (same
+    spikes, tested bit for bit), else the torch loop. Arguments as there and as
+    :func:`integrate_and_fire` (``backend``, ``maps``)."""
+    if backend not in ("auto", "torch", "fused"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
+    constant = steps is not None and currents.dim() == membrane.dim()
+    fusable = (
+        kernels.available(membrane)
+        and currents.dtype == membrane.dtype == sent.dtype
+        and threshold.dim() < membrane.dim()
+    )
+    if backend != "torch" and fusable:
+        count = steps if constant else currents.shape[0]
+        assert count is not None
+        spikes = kernels.signed_integrate_and_fire_cpu(
+            currents, membrane, sent, threshold, count, constant, maps
+        )
+        return spikes, membrane
+    if backend == "fused":
+        raise RuntimeError("the fused IF kernel needs numba and CPU float tensors")
+    return signed_integrate_and_fire(currents, membrane, threshold, sent, steps)
+
+
+def signed_integrate_and_fire(
+    currents: Tensor,
+    membrane: Tensor,
+    threshold: Tensor,
+    sent: Tensor,
+    steps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The IF neuron with signed spikes and memory: it can take back a spike it sent.
+
+    Each step: integrate; fire ``+theta`` if ``u >= theta``, or ``-theta`` if ``u < 0`` and
+    the neuron has a spike to take back (``sent > 0``, its memory: spikes sent minus spikes
+    taken back); reset by subtracting the spike either way (a negative spike adds theta).
+
+    Why: a binary neuron never takes a spike back, so a neuron that fired early on an input
+    that later turns out smaller has sent too much for the rest of the run (the unevenness
+    error), and in a deep network every layer's early, wrong spikes drive the next one. With
+    ``u(0) = theta / 2`` the membrane is ``A(t) + theta / 2 - theta S(t)``, with ``A`` the
+    input so far and ``S`` the net spikes. Keeping ``0 <= u < theta`` means
+    ``S(t) = round(A(t) / theta)``: at every step the neuron's output so far is its input so
+    far, rounded, clipped at 0 (and at one spike per step). So each layer's rate tracks the
+    clipped ReLU of the *mean input so far*, and a deep network settles as soon as its
+    inputs do. Under a constant current it never takes a spike back (nothing to correct)
+    and fires exactly as :func:`integrate_and_fire`, so ``rate`` still describes it.
+
+    Cost: a step carries one of three values (log2 3 = 1.58 bits); every spike, positive or
+    negative, is an event and costs its synaptic operations (the runner counts nonzero
+    outputs). The idea is the signed neuron with memory of Wang et al. (IJCAI 2022).
+
+    Args and shapes as :func:`integrate_and_fire`, plus ``sent`` (N, ...): the net spikes
+    so far, updated in place with the membrane. Returns spikes (steps, N, ...) with values
+    in ``{-theta, 0, theta}`` and the updated membrane.
+    """
+    constant = steps is not None and currents.dim() == membrane.dim()
+    if not constant:
+        steps = currents.shape[0]
+    assert steps is not None
+    fire_level = torch.where(threshold > 0, threshold, torch.full_like(threshold, math.inf))
+    spikes = empty_over_time(membrane, steps)
+    for t in range(steps):
+        membrane.add_(currents if constant else currents[t])  # integrate
+        up = torch.ge(membrane, fire_level)
+        back = torch.lt(membrane, 0) & torch.gt(sent, 0)  # a spike to take back
+        sign = up.to(membrane.dtype) - back.to(membrane.dtype)  # +1, 0 or -1
+        sent.add_(sign)
+        torch.mul(sign, threshold, out=spikes[t])
+        membrane.sub_(spikes[t])  # reset by subtraction (adds theta for a negative spike)
     return spikes, membrane
 
 
@@ -286,7 +386,8 @@ class IFNeuron(nn.Module):
     Spikes are theta-valued, or with ``unit`` (a folded site) 1-valued; the reset subtracts
     theta either way. With ``spikes_per_step`` B > 1 it is the burst neuron
     (:func:`burst_integrate_and_fire`): up to B spikes of theta / B per step, ``u(0) =
-    theta / (2 B)``.
+    theta / (2 B)``. With ``signed`` it is the neuron with signed spikes and memory
+    (:func:`signed_integrate_and_fire`), whose memory ``sent`` persists with the membrane.
     """
 
     def __init__(
@@ -296,12 +397,17 @@ class IFNeuron(nn.Module):
         charge: Tensor | None = None,
         unit: bool = False,
         spikes_per_step: int = 1,
+        signed: bool = False,
     ) -> None:
         super().__init__()
         if spikes_per_step > 1 and unit:
             raise ValueError("unit (folded) spikes are binary: spikes_per_step must be 1")
+        if signed and (unit or spikes_per_step > 1):
+            raise ValueError("signed spikes are neither unit (folded) spikes nor bursts")
         self.unit = unit
         self.spikes_per_step = spikes_per_step
+        self.signed = signed
+        self.sent: Tensor | None = None  # signed spikes: net spikes so far (the memory)
         self.register_buffer("threshold", threshold)
         self.register_buffer("bias", bias)  # a current added every step (() or (C,))
         self.register_buffer("charge", charge)  # added to the initial potential theta / 2
@@ -316,6 +422,7 @@ class IFNeuron(nn.Module):
 
     def reset(self) -> None:
         self.membrane = None
+        self.sent = None
         self.maps = None
 
     def _initial_state(self, current: Tensor, batch: int, theta: Tensor) -> Tensor:
@@ -333,7 +440,7 @@ class IFNeuron(nn.Module):
             if self.charge is not None:
                 start = start + broadcast_threshold(self.charge.to(current.dtype), current.dim())
             one = start.expand(1, *sample).contiguous(memory_format=layout)  # (1, ...)
-            fused = kernels.available(one) and self.spikes_per_step == 1
+            fused = kernels.available(one) and self.spikes_per_step == 1  # binary or signed
             self._start = (key, one, kernels.spike_maps(theta, one) if fused else None)
         _, one, self.maps = self._start
         membrane = torch.empty((batch, *sample), dtype=one.dtype, device=one.device,
@@ -352,6 +459,8 @@ class IFNeuron(nn.Module):
         burst = self.spikes_per_step
         if self.membrane is None:  # u(0) = theta / 2 (+ the low-latency charge)
             self.membrane = self._initial_state(current, batch, theta)
+            if self.signed:  # nothing sent yet, in the membrane's layout
+                self.sent = torch.zeros_like(self.membrane)
         if self.bias is not None:  # a new tensor: the current may feed other nodes too
             current = current + broadcast_threshold(self.bias.to(current.dtype), current.dim())
             in_place = True  # that new tensor is this neuron's own
@@ -359,6 +468,11 @@ class IFNeuron(nn.Module):
         if burst > 1:
             spikes, self.membrane = burst_integrate_and_fire(
                 currents, self.membrane, theta, burst, steps
+            )
+        elif self.signed:
+            assert self.sent is not None
+            spikes, self.membrane = integrate_and_fire_signed(
+                currents, self.membrane, theta, self.sent, steps, maps=self.maps
             )
         else:
             spikes, self.membrane = integrate_and_fire(

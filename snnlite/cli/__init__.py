@@ -190,6 +190,12 @@ def _conversion_flags() -> argparse.ArgumentParser:
         "chapter 6); default: %(default)s",
     )  # fmt: skip
     group.add_argument(
+        "--signed-spikes", action="store_true",
+        help="signed spikes with memory: a neuron may send -theta to take back a spike it "
+        "sent, log2(3) = 1.58 bits per step, every spike of either sign counted in the SOPs "
+        "(an option beside the paper's binary spikes; book chapter 6)",
+    )  # fmt: skip
+    group.add_argument(
         "--max-pool", choices=("gated", "cumulative", "current"), default=None,
         help="max pools on time-varying inputs: gated by accumulated input, the increment "
         "of the largest accumulated input (cumulative), or per step (the paper's form); "
@@ -354,7 +360,7 @@ def _converted(args: argparse.Namespace, loaded: LoadedModel) -> _Converted:
         loaded.model, calibration, method=args.method, granularity=args.granularity,
         iterations=args.calibration_batches, max_pool=args.max_pool,
         target_timesteps=args.target_timesteps, spikes_per_step=args.spikes_per_step,
-        progress=not args.no_progress,
+        signed_spikes=args.signed_spikes, progress=not args.no_progress,
     )  # fmt: skip
     return _Converted(loaded, snn, test_set, len(calibration_set))  # type: ignore[arg-type]
 
@@ -399,7 +405,7 @@ def run_convert(args: argparse.Namespace) -> None:
         "data": args.data, "calibration": args.calibration or f"{args.data} (train split)",
         "calibration images": run.calibration_images, "method": args.method,
         "granularity": args.granularity, "target T": args.target_timesteps,
-        "spikes per step": args.spikes_per_step,
+        "spikes per step": args.spikes_per_step, "signed spikes": args.signed_spikes,
         "delay": args.delay, "command": " ".join(["snnlite", *sys.argv[1:]]),
     }  # fmt: skip
     with report.staging(args.out, args.overwrite) as folder:

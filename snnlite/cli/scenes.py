@@ -45,7 +45,8 @@ def run(args: argparse.Namespace, loaded: LoadedModel, delays: list[Any]) -> Run
         loaded.model, loaded.task, calibration_loader(calibration, args.calibration_batch_size),
         method=args.method, granularity=args.granularity, iterations=args.calibration_batches,
         max_pool=args.max_pool, target_timesteps=args.target_timesteps,
-        spikes_per_step=args.spikes_per_step, progress=progress,
+        spikes_per_step=args.spikes_per_step, signed_spikes=args.signed_spikes,
+        progress=progress,
     )  # fmt: skip
     test = scene_split("test", args.images, progress)
     test["images"] = test["images"].to(args.device)

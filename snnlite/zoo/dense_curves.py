@@ -65,10 +65,12 @@ def measure(
     progress: bool = True,
     target_timesteps: int | None = None,
     spikes_per_step: int = 1,
+    signed_spikes: bool = False,
 ) -> dict:
     """ANN metric and SNN curves (delay auto and half) of zoo model ``name``, as a dict;
     with ``target_timesteps``, of the network tuned for that T (:mod:`snnlite.latency`);
-    with ``spikes_per_step`` B > 1, of burst neurons (up to B spikes per step)."""
+    with ``spikes_per_step`` B > 1, of burst neurons (up to B spikes per step); with
+    ``signed_spikes``, of signed neurons with memory (log2 3 bits per step)."""
     entry = info(name)
     model = load(name)
     test_args = {**entry["extra"]["test_scenes"], "num_scenes": images}
@@ -88,9 +90,13 @@ def measure(
     if spikes_per_step > 1:
         result["spikes_per_step"] = spikes_per_step
         result["bits_per_step"] = math.log2(spikes_per_step + 1)
+    if signed_spikes:
+        result["signed_spikes"] = True
+        result["bits_per_step"] = math.log2(3)
     converted = convert_scene_model(model, entry["task"], calibration, progress=progress,
                                     target_timesteps=target_timesteps,
-                                    spikes_per_step=spikes_per_step)  # fmt: skip
+                                    spikes_per_step=spikes_per_step,
+                                    signed_spikes=signed_spikes)  # fmt: skip
     scores = score_scene_model(model, converted, entry["task"], test, timesteps, list(DELAYS),
                                batch_size, progress)  # fmt: skip
     metric = "miou" if entry["task"] == "segmentation" else "map"
@@ -169,15 +175,23 @@ def main() -> None:
         metavar="B",
         help="burst neurons: up to B spikes per step (needs --target-timesteps)",
     )
+    parser.add_argument(
+        "--signed-spikes",
+        action="store_true",
+        help="signed spikes with memory, 1.58 bits per step (needs --target-timesteps)",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     if args.spikes_per_step != 1 and args.target_timesteps is None:
         parser.error("--spikes-per-step is stored with a tuned network: give --target-timesteps")
+    if args.signed_spikes and args.target_timesteps is None:
+        parser.error("--signed-spikes is stored with a tuned network: give --target-timesteps")
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
                      tuple(args.timesteps), target_timesteps=args.target_timesteps,
-                     spikes_per_step=args.spikes_per_step)  # fmt: skip
+                     spikes_per_step=args.spikes_per_step,
+                     signed_spikes=args.signed_spikes)  # fmt: skip
     result["command"] = "python -m snnlite.zoo.dense_curves " + shlex.join(sys.argv[1:])
     text = json.dumps(result, indent=1)
     print(text)
@@ -189,7 +203,8 @@ def main() -> None:
     path = RESULTS_DIR / f"{args.model}_latency.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
     burst = f"_b{args.spikes_per_step}" if args.spikes_per_step > 1 else ""
-    stored[f"t{args.target_timesteps}{burst}"] = result
+    signed = "_signed" if args.signed_spikes else ""
+    stored[f"t{args.target_timesteps}{burst}{signed}"] = result
     path.write_text(json.dumps(stored, indent=1) + "\n")
 
 

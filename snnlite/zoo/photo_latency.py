@@ -12,6 +12,10 @@ from that run, with its synaptic operations per image::
 
     python -m snnlite.zoo.photo_latency
 
+With ``--signed-spikes`` every network sends signed spikes with memory (a neuron may take a
+spike back; three values per step, log2 3 = 1.58 bits, every spike of either sign counted in
+the synaptic operations) and the table goes to ``mobilenet_v2_imagenet_latency_signed.json``.
+
 The result goes to ``snnlite/zoo/results/mobilenet_v2_imagenet_latency.json``, with each
 test crop's class (from the ANN, the clipped ANN and the SNN at each T) so that a slice can
 be re-run crop by crop, and the time the calibration and each tuning took (``ltb_seconds``,
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 
 import torch
@@ -83,10 +88,12 @@ def measure(
     timesteps: tuple[int, ...] = TIMESTEPS,
     targets: tuple[int, ...] = TARGETS,
     model: nn.Module | None = None,
+    signed_spikes: bool = False,
 ) -> dict:
     """The table: the paper's network and one tuned network per target, as agreement with
     the ANN on ``test_crops`` crops. ``model``: the network to convert (default: the zoo's
-    MobileNetV2 with its ImageNet weights; tests pass a small one)."""
+    MobileNetV2 with its ImageNet weights; tests pass a small one). ``signed_spikes``: every
+    network sends signed spikes with memory (:func:`snnlite.convert`)."""
     model = load(MODEL) if model is None else model
     calibration = augmented_crops(calibration_crops, seed=CALIBRATION_SEED, size=size)
     test = augmented_crops(test_crops, seed=TEST_SEED, size=size)
@@ -94,7 +101,7 @@ def measure(
         reference = _top1(model(test))  # (n,) the ANN's classes
     start = time.perf_counter()
     paper = snnlite.convert(model, list(calibration.split(batch)), iterations=updates,
-                            progress=False)  # fmt: skip
+                            signed_spikes=signed_spikes, progress=False)  # fmt: skip
     ltb_seconds = time.perf_counter() - start
     table = {
         "model": MODEL,
@@ -104,6 +111,8 @@ def measure(
         f"in batches of {batch}, {updates} LTB updates (channel-wise); the latency tuning "
         f"sees the same crops; test crops: seed {TEST_SEED}",
         "timesteps": list(timesteps),
+        "signed_spikes": signed_spikes,
+        "bits_per_step": math.log2(3) if signed_spikes else 1.0,
         "ltb_seconds": round(ltb_seconds, 1),
         "ann_top1": reference.tolist(),
         "paper": _agreement(paper, test, reference, timesteps, batch),
@@ -139,18 +148,21 @@ def main() -> None:
     parser.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)))
     parser.add_argument("--targets", default=",".join(map(str, TARGETS)),
                         help="target T's of the low-latency tuning")  # fmt: skip
+    parser.add_argument("--signed-spikes", action="store_true",
+                        help="signed spikes with memory (1.58 bits per step)")  # fmt: skip
     args = parser.parse_args()
     timesteps = tuple(int(t) for t in args.timesteps.split(","))
     targets = tuple(int(t) for t in args.targets.split(","))
     torch.manual_seed(0)
     table = measure(args.calibration_crops, args.test_crops, args.updates, args.size,
-                    args.batch, timesteps, targets)  # fmt: skip
+                    args.batch, timesteps, targets, signed_spikes=args.signed_spikes)  # fmt: skip
     table["command"] = (
         f"python -m snnlite.zoo.photo_latency --calibration-crops {args.calibration_crops} "
         f"--test-crops {args.test_crops} --updates {args.updates} --size {args.size} "
         f"--batch {args.batch} --timesteps {args.timesteps} --targets {args.targets}"
+        + (" --signed-spikes" if args.signed_spikes else "")
     )
-    write_result(f"{MODEL}_latency.json", table)
+    write_result(f"{MODEL}_latency{'_signed' if args.signed_spikes else ''}.json", table)
 
 
 if __name__ == "__main__":
