@@ -44,10 +44,10 @@ __all__ = [
     "check_spikes_per_step",
     "events_per_position",
     "integrate_and_fire",
-    "integrate_and_fire_signed",
     "rate",
     "relux",
     "signed_integrate_and_fire",
+    "signed_integrate_and_fire_torch",
     "synaptic_operations",
 ]
 
@@ -214,7 +214,7 @@ def burst_integrate_and_fire(
     return spikes, membrane
 
 
-def integrate_and_fire_signed(
+def signed_integrate_and_fire(
     currents: Tensor,
     membrane: Tensor,
     threshold: Tensor,
@@ -222,36 +222,6 @@ def integrate_and_fire_signed(
     steps: int | None = None,
     backend: str = "auto",
     maps: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """:func:`signed_integrate_and_fire` on the fused CPU kernel where it can run (same
-    spikes, tested bit for bit), else the torch loop. Arguments as there and as
-    :func:`integrate_and_fire` (``backend``, ``maps``)."""
-    if backend not in ("auto", "torch", "fused"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
-    constant = steps is not None and currents.dim() == membrane.dim()
-    fusable = (
-        kernels.available(membrane)
-        and currents.dtype == membrane.dtype == sent.dtype
-        and threshold.dim() < membrane.dim()
-    )
-    if backend != "torch" and fusable:
-        count = steps if constant else currents.shape[0]
-        assert count is not None
-        spikes = kernels.signed_integrate_and_fire_cpu(
-            currents, membrane, sent, threshold, count, constant, maps
-        )
-        return spikes, membrane
-    if backend == "fused":
-        raise RuntimeError("the fused IF kernel needs numba and CPU float tensors")
-    return signed_integrate_and_fire(currents, membrane, threshold, sent, steps)
-
-
-def signed_integrate_and_fire(
-    currents: Tensor,
-    membrane: Tensor,
-    threshold: Tensor,
-    sent: Tensor,
-    steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The IF neuron with signed spikes and memory: it can take back a spike it sent.
 
@@ -274,10 +244,40 @@ def signed_integrate_and_fire(
     negative, is an event and costs its synaptic operations (the runner counts nonzero
     outputs). The idea is the signed neuron with memory of Wang et al. (IJCAI 2022).
 
-    Args and shapes as :func:`integrate_and_fire`, plus ``sent`` (N, ...): the net spikes
-    so far, updated in place with the membrane. Returns spikes (steps, N, ...) with values
-    in ``{-theta, 0, theta}`` and the updated membrane.
+    Args and shapes as :func:`integrate_and_fire` (``backend``: the fused CPU kernel of
+    :mod:`snnlite.kernels`, same spikes bit for bit, or this torch loop), plus ``sent``
+    (N, ...): the net spikes so far, updated in place with the membrane. Returns spikes
+    (steps, N, ...) with values in ``{-theta, 0, theta}`` and the updated membrane.
     """
+    if backend not in ("auto", "torch", "fused"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
+    constant = steps is not None and currents.dim() == membrane.dim()
+    fusable = (
+        kernels.available(membrane)
+        and currents.dtype == membrane.dtype == sent.dtype
+        and threshold.dim() < membrane.dim()
+    )
+    if backend != "torch" and fusable:
+        count = steps if constant else currents.shape[0]
+        assert count is not None
+        spikes = kernels.signed_integrate_and_fire_cpu(
+            currents, membrane, sent, threshold, count, constant, maps
+        )
+        return spikes, membrane
+    if backend == "fused":
+        raise RuntimeError("the fused IF kernel needs numba and CPU float tensors")
+    return signed_integrate_and_fire_torch(currents, membrane, threshold, sent, steps)
+
+
+def signed_integrate_and_fire_torch(
+    currents: Tensor,
+    membrane: Tensor,
+    threshold: Tensor,
+    sent: Tensor,
+    steps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The signed chunk as plain torch ops, one step at a time (the reference; runs
+    anywhere). Arguments as :func:`signed_integrate_and_fire`."""
     constant = steps is not None and currents.dim() == membrane.dim()
     if not constant:
         steps = currents.shape[0]
@@ -471,7 +471,7 @@ class IFNeuron(nn.Module):
             )
         elif self.signed:
             assert self.sent is not None
-            spikes, self.membrane = integrate_and_fire_signed(
+            spikes, self.membrane = signed_integrate_and_fire(
                 currents, self.membrane, theta, self.sent, steps, maps=self.maps
             )
         else:

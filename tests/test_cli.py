@@ -116,25 +116,34 @@ def test_a_zoo_model_end_to_end_equals_the_api(tmp_path: Path) -> None:
     assert "| 16 |" in (out / "summary.md").read_text()
 
 
-def test_bursts_from_the_command_line_equal_the_api(tmp_path: Path) -> None:
-    """``--spikes-per-step 2``: the library's burst network, its accuracy and SOPs, and the
-    summary says how many spikes a step may carry."""
+@pytest.mark.parametrize(
+    ("flags", "option", "row"),
+    [
+        (["--spikes-per-step", "2"], {"spikes_per_step": 2}, "| spikes per step | `2` |"),
+        (["--signed-spikes"], {"signed_spikes": True}, "| signed spikes | `True` |"),
+    ],
+)
+def test_spike_options_from_the_command_line_equal_the_api(
+    tmp_path: Path, flags: list[str], option: dict, row: str
+) -> None:
+    """``--spikes-per-step 2`` and ``--signed-spikes``: the library's burst or signed
+    network, its accuracy and SOPs, and the summary says which spikes a step carries."""
     out = tmp_path / "report"
     assert main(["convert", "--model", "zoo:fmnist_resnet", "--data", "fashion-mnist",
-                 "--out", str(out), "--calibration-batch-size", "50", "--spikes-per-step", "2",
+                 "--out", str(out), "--calibration-batch-size", "50", *flags,
                  "--no-plots", *SMALL]) == 0  # fmt: skip
     values = json.loads((out / "results.json").read_text())
     train, train_labels = fashion_mnist_tensors("train")
     test, labels = fashion_mnist_tensors("test")
     calibration = DataLoader(TensorDataset(train[:200], train_labels[:200]), batch_size=50)
     snn = snnlite.convert(zoo.load("fmnist_resnet"), calibration, iterations=4, progress=False,
-                          spikes_per_step=2)  # fmt: skip
+                          **option)  # fmt: skip
     curves = accuracy_curve(snn, test[:200], labels[:200], [8, 16], progress=False,
                             record_spikes=True)  # fmt: skip
     for T in (8, 16):
         assert values[f"snn_accuracy_T{T}"] == curves[T]
         assert values[f"snn_sops_T{T}"] == pytest.approx(snn.last_activity.sops_at([T])[T])
-    assert "| spikes per step | `2` |" in (out / "summary.md").read_text()
+    assert row in (out / "summary.md").read_text()
 
 
 def _scenes() -> tuple[list, dict]:

@@ -18,8 +18,8 @@ from snnlite.export import ExportError, to_nir
 from snnlite.fold import FoldError, fold_thresholds
 from snnlite.neurons import (
     integrate_and_fire,
-    integrate_and_fire_signed,
     signed_integrate_and_fire,
+    signed_integrate_and_fire_torch,
 )
 
 
@@ -41,7 +41,7 @@ def test_the_net_spikes_round_the_input_so_far_at_every_step(theta_value: float)
     currents = (noise + drift).double() / 256 * theta_value
     theta = torch.tensor(theta_value, dtype=torch.float64)
     membrane, sent = _start(theta, (n,))
-    spikes, _ = signed_integrate_and_fire(currents, membrane, theta, sent)
+    spikes, _ = signed_integrate_and_fire_torch(currents, membrane, theta, sent)
     net = torch.cumsum(spikes / theta, 0)  # (steps, n), whole numbers
     so_far = torch.cumsum(currents, 0)
     assert torch.equal(net, torch.clamp(torch.floor(so_far / theta + 0.5), min=0))
@@ -57,7 +57,7 @@ def test_a_constant_current_is_the_binary_neuron(T: int) -> None:
     theta = torch.tensor([1.25, 0.55, 0.0], dtype=torch.float64).view(3, 1)  # one silent row
     z = (torch.linspace(-0.5, 2.5, 401, dtype=torch.float64) + 7e-4).expand(3, -1)[None]
     membrane, sent = _start(theta, (1, 3, 401))
-    signed, u_signed = signed_integrate_and_fire(z, membrane, theta, sent, steps=T)
+    signed, u_signed = signed_integrate_and_fire_torch(z, membrane, theta, sent, steps=T)
     binary, u_binary = integrate_and_fire(z, (theta / 2).expand(1, 3, 401).clone(), theta,
                                           steps=T, backend="torch")  # fmt: skip
     assert torch.equal(signed, binary) and torch.equal(u_signed, u_binary)
@@ -79,8 +79,8 @@ def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(dtype, channels_last, co
     results = []
     for backend in ("torch", "fused"):
         membrane, sent = _start(theta, (3, 5, 7, 6), channels_last)
-        spikes, _ = integrate_and_fire_signed(currents, membrane, theta, sent,
-                                              steps=20, backend=backend)  # fmt: skip
+        spikes, _ = signed_integrate_and_fire(currents, membrane, theta, sent,
+                                             steps=20, backend=backend)  # fmt: skip
         results.append((spikes, membrane, sent))
     for torch_value, fused_value in zip(*results, strict=True):
         assert torch.equal(torch_value, fused_value)

@@ -189,25 +189,36 @@ def test_scene_results_reproduce_from_their_command(name: str) -> None:
 TUNED_SCENES = {(p.name.removesuffix("_latency.json"), key): result
                 for p in sorted(RESULTS_DIR.glob("scenes_*_latency.json"))
                 for key, result in json.loads(p.read_text()).items()}  # fmt: skip
-# Stored burst results ("t<T>_b<B>", --spikes-per-step B) whose slice is not re-run, for
-# want of time in the suite (70-90 s each), each with the re-run result of the same model
-# whose command is theirs without that flag. What the flag changes is checked exactly
-# elsewhere (tests/test_burst.py): tuning for T with bursts of B sets the thresholds of B T
-# stairs, and a burst network at T reads out what the binary network reads at B T, with the
-# same events and SOPs.
-NOT_RERUN = {("scenes_fcn", "t16_b2"): ("scenes_fcn", "t16"),
-             ("scenes_deeplabv3", "t16_b2"): ("scenes_deeplabv3", "t16")}  # fmt: skip
+# Stored burst results ("t<T>_b<B>", --spikes-per-step B) and signed-spike results
+# ("t<T>_signed", --signed-spikes) whose slice is not re-run, for want of time in the suite
+# (70-90 s each), each with the re-run result of the same model whose command is theirs
+# without that flag. What the flags change is checked exactly elsewhere: tuning for T with
+# bursts of B sets the thresholds of B T stairs, and a burst network at T reads out what the
+# binary network reads at B T, with the same events and SOPs (tests/test_burst.py); signed
+# neurons keep every threshold and send, so far, their input so far, rounded, every spike
+# of either sign an event (tests/test_signed.py).
+NOT_RERUN = {(name, key): (name, key.split("_")[0])
+             for name, key in TUNED_SCENES if "_" in key}  # fmt: skip
+
+
+def _option(result: dict) -> tuple[str, str]:
+    """The command-line flag of a stored burst or signed result, and its key's suffix."""
+    if result.get("signed_spikes"):
+        return " --signed-spikes", "_signed"
+    return f" --spikes-per-step {result['spikes_per_step']}", f"_b{result['spikes_per_step']}"
 
 
 def test_every_tuned_scene_result_not_rerun_has_a_twin_that_is() -> None:
     """A stored result left out of the slices below is a re-run one's command with
-    ``--spikes-per-step B`` added, and records that B."""
-    assert set(NOT_RERUN) == {k for k, r in TUNED_SCENES.items() if "spikes_per_step" in r}
+    ``--spikes-per-step B`` or ``--signed-spikes`` added, and records that option."""
+    optional = {key for key, result in TUNED_SCENES.items()
+                if "spikes_per_step" in result or "signed_spikes" in result}  # fmt: skip
+    assert set(NOT_RERUN) == optional and ("scenes_fcn", "t16_b2") in NOT_RERUN
     for (name, key), twin in NOT_RERUN.items():
-        assert twin not in NOT_RERUN and twin[0] == name
+        assert twin in TUNED_SCENES and twin not in NOT_RERUN and twin[0] == name
         result = TUNED_SCENES[(name, key)]
-        flag = f" --spikes-per-step {result['spikes_per_step']}"
-        assert flag in result["command"] and key.endswith(f"_b{result['spikes_per_step']}")
+        flag, suffix = _option(result)
+        assert flag in result["command"] and key.endswith(suffix)
         assert result["command"].replace(flag, "") == TUNED_SCENES[twin]["command"]
 
 

@@ -48,7 +48,7 @@ def _top1(readout: Tensor) -> Tensor:
     return readout.argmax(dim=1)
 
 
-def _agreement(snn: snnlite.SpikingNetwork, crops: Tensor, reference: Tensor,
+def agreement(snn: snnlite.SpikingNetwork, crops: Tensor, reference: Tensor,
                timesteps: tuple[int, ...], batch_size: int) -> dict:  # fmt: skip
     """Top-1 agreement with ``reference`` (the ANN's classes) at every T, and SOPs per image,
     from one simulation per batch; with each crop's class at each T, so that a slice of the
@@ -89,11 +89,14 @@ def measure(
     targets: tuple[int, ...] = TARGETS,
     model: nn.Module | None = None,
     signed_spikes: bool = False,
+    keep: dict | None = None,
 ) -> dict:
     """The table: the paper's network and one tuned network per target, as agreement with
     the ANN on ``test_crops`` crops. ``model``: the network to convert (default: the zoo's
     MobileNetV2 with its ImageNet weights; tests pass a small one). ``signed_spikes``: every
-    network sends signed spikes with memory (:func:`snnlite.convert`)."""
+    network sends signed spikes with memory (:func:`snnlite.convert`). ``keep``: a dict that
+    receives the paper's network, the test crops and the ANN's classes (for tests that
+    score the same network another way)."""
     model = load(MODEL) if model is None else model
     calibration = augmented_crops(calibration_crops, seed=CALIBRATION_SEED, size=size)
     test = augmented_crops(test_crops, seed=TEST_SEED, size=size)
@@ -103,6 +106,8 @@ def measure(
     paper = snnlite.convert(model, list(calibration.split(batch)), iterations=updates,
                             signed_spikes=signed_spikes, progress=False)  # fmt: skip
     ltb_seconds = time.perf_counter() - start
+    if keep is not None:
+        keep.update(paper=paper, test=test, reference=reference)
     table = {
         "model": MODEL,
         "size": size,
@@ -111,13 +116,13 @@ def measure(
         f"in batches of {batch}, {updates} LTB updates (channel-wise); the latency tuning "
         f"sees the same crops; test crops: seed {TEST_SEED}",
         "timesteps": list(timesteps),
-        "signed_spikes": signed_spikes,
-        "bits_per_step": math.log2(3) if signed_spikes else 1.0,
         "ltb_seconds": round(ltb_seconds, 1),
         "ann_top1": reference.tolist(),
-        "paper": _agreement(paper, test, reference, timesteps, batch),
+        "paper": agreement(paper, test, reference, timesteps, batch),
         "targets": {},
     }
+    if signed_spikes:  # binary tables (one bit per step) have neither key
+        table.update(signed_spikes=True, bits_per_step=math.log2(3))
     print(f"paper   {_row(table['paper'], timesteps)}", flush=True)
     for target in targets:
         snn = copy.deepcopy(paper)
@@ -125,7 +130,7 @@ def measure(
         tune_for_latency(snn, calibration, target, latency_parts_of(LATENCY_PARTS),
                          progress=False)  # fmt: skip
         seconds = time.perf_counter() - start
-        entry = _agreement(snn, test, reference, timesteps, batch)
+        entry = agreement(snn, test, reference, timesteps, batch)
         entry["tuning_seconds"] = round(seconds, 1)
         entry["conversion_ratio"] = round((ltb_seconds + seconds) / ltb_seconds, 2)
         table["targets"][str(target)] = entry
