@@ -284,14 +284,8 @@ def integrate_and_fire_cpu(
         _if_chunk_in_place(_flat_over_time(currents, membrane).numpy(), flat_membrane, value, level)
         return currents
     spikes = empty_over_time(membrane, steps)
-    layout = _format_of(membrane)
-    if constant:
-        flat_currents = _flat_in_memory_order(currents.contiguous(memory_format=layout))
-        flat_currents = flat_currents.view(1, -1)
-    else:
-        flat_currents = _flat_over_time(currents, membrane)
     _if_chunk(
-        flat_currents.numpy(),
+        _flat_currents(currents, membrane, constant).numpy(),
         constant,
         flat_membrane,
         value,
@@ -314,16 +308,10 @@ def signed_integrate_and_fire_cpu(
     :func:`snnlite.neurons.signed_integrate_and_fire`. ``membrane`` and ``sent`` (N, ...),
     in one memory format, are updated in place; returns spikes (steps, N, ...) in it."""
     value, level = spike_maps(threshold, membrane) if maps is None else maps
-    layout = _format_of(membrane)
-    if constant:
-        flat_currents = _flat_in_memory_order(currents.contiguous(memory_format=layout))
-        flat_currents = flat_currents.view(1, -1)
-    else:
-        flat_currents = _flat_over_time(currents, membrane)
     spikes = empty_over_time(membrane, steps)
     match_torch_threads()
     _signed_chunk(
-        flat_currents.numpy(),
+        _flat_currents(currents, membrane, constant).numpy(),
         constant,
         _flat_in_memory_order(membrane).numpy(),
         _flat_in_memory_order(sent).numpy(),
@@ -332,6 +320,15 @@ def signed_integrate_and_fire_cpu(
         _flat_over_time(spikes, membrane).numpy(),
     )
     return spikes
+
+
+def _flat_currents(currents: Tensor, membrane: Tensor, constant: bool) -> Tensor:
+    """A chunk's currents as the kernels read them, (steps, M) or (1, M) if ``constant``,
+    in the membrane's memory order (copies only if needed)."""
+    if constant:
+        layout = _format_of(membrane)
+        return _flat_in_memory_order(currents.contiguous(memory_format=layout)).view(1, -1)
+    return _flat_over_time(currents, membrane)
 
 
 def _stored_like(x: Tensor, like: Tensor) -> bool:

@@ -1,14 +1,16 @@
-"""Reproducibility: the same conversion and simulation give the same bits, run after run and
-on 1 or 2 CPU threads.
+"""Reproducibility: the same conversion and simulation give the same bits, run after run,
+and the same numbers up to float rounding on 1 or 2 CPU threads.
 
 Both conversion modes are checked on the zoo's ResNet (residual adds), the paper's on its
-VGG too (max pools): thresholds and readouts compared with ``torch.equal``, not a
-tolerance. They agree bit for bit on the machines this was run on (the convolutions and
-snnlite's kernels split work across threads by output, not inside a sum); a platform where
-they did not would fail here, and the spread would have to be measured and stated. (Runs
-split across processes are
-compared in tests/test_distributed.py, at rtol 1e-6: there the batches are summed in another
-order.)
+VGG too (max pools). Two runs on the same number of threads are compared with
+``torch.equal``, not a tolerance. Across 1 and 2 threads they agreed bit for bit on the
+machines this was first run on (the convolutions and snnlite's kernels split work across
+threads by output, not inside a sum), but not on an AVX-512 / AMX Xeon (2026-12-05): there
+oneDNN's convolutions round differently with the thread count, which moved 29 of the VGG's
+448 LTB thresholds by up to 1.1e-6 (relative) and its readouts by up to 5e-7, with the same
+classes. Across thread counts the test therefore holds them to rtol 1e-5 and the same
+top-1 classes. (Runs split across processes are compared in tests/test_distributed.py, at
+rtol 1e-6: there the batches are summed in another order.)
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ MODES = {"paper": {}, "target8": {"target_timesteps": 8, "tuning_size": 100}}
     ("name", "mode"),
     [("fmnist_resnet", "paper"), ("fmnist_resnet", "target8"), ("fmnist_vgg", "paper")],
 )
-def test_same_bits_on_1_and_2_threads(fashion, name: str, mode: str) -> None:
-    """Two runs, one on 1 thread and one on 2: equal bits also say two runs are equal."""
+def test_same_bits_run_after_run_and_on_1_and_2_threads(fashion, name: str, mode: str) -> None:
+    """Two runs on 2 threads give the same bits; a run on 1 thread the same numbers up to
+    the convolutions' rounding (bit for bit on most CPUs, see the module doc)."""
     one = _run(name, fashion, 1, **MODES[mode])
     two = _run(name, fashion, 2, **MODES[mode])
-    assert torch.equal(one[0], two[0]), "thresholds differ"
+    again = _run(name, fashion, 2, **MODES[mode])
+    assert torch.equal(two[0], again[0]), "thresholds differ run to run"
+    torch.testing.assert_close(one[0], two[0], rtol=1e-5, atol=0)
     for T in TIMESTEPS:
-        assert torch.equal(one[1][T], two[1][T]), f"readouts differ at T={T}"
+        assert torch.equal(two[1][T], again[1][T]), f"readouts differ run to run at T={T}"
+        torch.testing.assert_close(one[1][T], two[1][T], rtol=1e-5, atol=1e-5)
+        assert torch.equal(one[1][T].argmax(1), two[1][T].argmax(1)), T

@@ -72,12 +72,14 @@ def test_every_stored_table_names_its_command() -> None:
     paths = [*results.glob("fmnist_*.json"), *(results / f"{name}.json" for name in SCENE_MODELS)]
     for path in sorted(paths):
         assert json.loads(path.read_text())["command"].startswith("python -m snnlite."), path
-    for path in sorted(results.glob("scenes_*_latency.json")):  # {"t<T>[_b<B>]": result}
+    for path in sorted(results.glob("scenes_*_latency.json")):  # {"t<T>[_b<B>|_signed]": ...}
         for key, result in json.loads(path.read_text()).items():
             assert result["command"].startswith("python -m snnlite.zoo.dense_curves "), key
-            target, _, burst = key.removeprefix("t").partition("_b")
+            target, _, option = key.removeprefix("t").partition("_")
             assert f"--target-timesteps {target}" in result["command"], key
+            burst = option.removeprefix("b") if option.startswith("b") else ""
             assert (f"--spikes-per-step {burst}" in result["command"]) == bool(burst), key
+            assert ("--signed-spikes" in result["command"]) == (option == "signed"), key
     for path in sorted((ROOT / "bench").glob("energy_*.md")):
         assert _command(path.read_text())[0].startswith("--"), path
 
