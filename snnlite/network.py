@@ -41,6 +41,7 @@ from snnlite.checks import check_delay, check_input, check_runs, check_timesteps
 from snnlite.graph import ANALOG, activation_sites, is_site, site_name, site_nodes
 from snnlite.neurons import (
     IFNeuron,
+    QuantisedSite,
     broadcast_threshold,
     check_signed_spikes,
     check_spikes_per_step,
@@ -176,6 +177,24 @@ class SpikingNetwork(nn.Module):
     def relux(self) -> fx.GraphModule:
         """The calibrated clipped ANN (ReLU -> ``clip(z, 0, theta)``), a standalone copy."""
         return copy.deepcopy(self.ann)
+
+    def quantised_ann(self, timesteps: int) -> fx.GraphModule:
+        """The ANN whose every activation is its neuron's T-step rate under a constant
+        current (:class:`snnlite.neurons.QuantisedSite`, corrections included), a standalone
+        copy. A signed network read out at T with no delay computes it exactly while no step
+        brings a neuron more than its threshold; the rest of its gap to it is lag. As T grows
+        it tends to :meth:`relux` (without the corrections, which vanish as 1/T or are zero).
+        """
+        steps = check_timesteps(timesteps)
+        if len(steps) != 1:
+            raise ValueError(f"quantised_ann takes one T, got {timesteps!r}")
+        quantised = copy.deepcopy(self.ann)
+        for node in site_nodes(quantised):
+            parent, _, attribute = str(node.target).rpartition(".")
+            site = quantised.get_submodule(str(node.target))
+            twin = QuantisedSite(site, steps[0], self.spikes_per_step)
+            setattr(quantised.get_submodule(parent) if parent else quantised, attribute, twin)
+        return quantised
 
     def estimate_delay(self, probe: Tensor) -> float:
         """Estimate when the last layer starts to fire, from one clipped-ANN pass (book chapter 5).

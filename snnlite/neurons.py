@@ -38,6 +38,7 @@ from snnlite.kernels import empty_over_time
 __all__ = [
     "ActivationSite",
     "IFNeuron",
+    "QuantisedSite",
     "broadcast_threshold",
     "burst_integrate_and_fire",
     "check_signed_spikes",
@@ -357,6 +358,44 @@ class ActivationSite(nn.Module):
         shape = tuple(self.threshold.shape)
         unit = ", unit spikes" if self.unit else ""
         return f"threshold={'scalar' if not shape else shape}, cap={self.cap}{unit}"
+
+
+class QuantisedSite(nn.Module):
+    """An activation site read as its neuron's average output over T steps under a constant
+    current: ``psi_T`` (:func:`rate`) of the input plus the site's corrections.
+
+    Why: the net spikes a signed neuron with memory has sent by step t are its input so far,
+    rounded (:func:`signed_integrate_and_fire`), as long as no step brings it more than
+    theta. A signed network read out at T with no delay then computes exactly this ANN, whose
+    every activation is rounded to T levels of theta / T (T B levels for bursts of B). What
+    the SNN loses against it is lag: a step whose input exceeds theta leaves a backlog. For
+    binary neurons it is the constant-current limit only.
+
+    The corrections enter as the neuron sees them: ``bias`` is added to the current every
+    step, and the ``charge`` added to ``u(0)`` moves the T-step count as a current of
+    ``charge / T`` would.
+    """
+
+    def __init__(self, site: ActivationSite, timesteps: int, spikes_per_step: int = 1) -> None:
+        super().__init__()
+        if site.unit:
+            raise ValueError("a site folded into unit spikes has no quantised twin: unfold it")
+        self.site = site
+        self.timesteps = timesteps
+        self.levels = timesteps * spikes_per_step  # stairs of theta / (T B)
+
+    def forward(self, z: Tensor) -> Tensor:
+        site = self.site
+        if site.bias is not None:
+            z = z + broadcast_threshold(site.bias.to(z.dtype), z.dim())
+        if site.charge is not None:
+            z = z + broadcast_threshold(site.charge.to(z.dtype), z.dim()) / self.timesteps
+        theta = broadcast_threshold(site.threshold.to(z.dtype), z.dim())
+        out = rate(z, theta, self.levels)
+        return out.clamp(max=site.cap) if math.isfinite(site.cap) else out
+
+    def extra_repr(self) -> str:
+        return f"timesteps={self.timesteps}, levels={self.levels}"
 
 
 def fold_time(x: Tensor) -> Tensor:
