@@ -181,9 +181,10 @@ class SpikingNetwork(nn.Module):
     def quantised_ann(self, timesteps: int) -> fx.GraphModule:
         """The ANN whose every activation is its neuron's T-step rate under a constant
         current (:class:`snnlite.neurons.QuantisedSite`, corrections included), a standalone
-        copy. A signed network read out at T with no delay computes it exactly while no step
-        brings a neuron more than its threshold; the rest of its gap to it is lag. As T grows
-        it tends to :meth:`relux` (without the corrections, which vanish as 1/T or are zero).
+        copy. A signed network without max pools, read out at T with no delay, computes it
+        exactly while no step brings a neuron more than its threshold; the rest of its gap to
+        it is lag. As T grows it tends to :meth:`relux` unless a bias current is set (a
+        charge's effect falls as 1/T).
         """
         steps = check_timesteps(timesteps)
         if len(steps) != 1:
