@@ -33,6 +33,7 @@ import pytest
 
 from snnlite import zoo
 from snnlite.zoo import RESULTS_DIR
+from snnlite.zoo.dense_curves import headline
 from snnlite.zoo.scene_eval import NUM_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,23 +47,18 @@ SEGMENTATION_POINTS = 0.01  # the target: segmentation within 1 mIoU point of it
 DETECTION_SHARE = 0.94  # the target: detection at least 94% of its ANN's mAP
 
 
-def _score(value: float | dict) -> float:
-    """A stored metric as one number (a detection metric is a dict: its COCO mAP)."""
-    return value["map"] if isinstance(value, dict) else value
-
-
 def _meets_target(metric: str, snn: float, ann: float) -> bool:
     if metric == "miou":
         return ann - snn <= SEGMENTATION_POINTS
     return snn >= DETECTION_SHARE * ann
 
 
-def first_t_on_target(stored: dict) -> int:
+def _first_t_on_target(stored: dict) -> int:
     """The first T of a stored scene curve (automatic delay) that meets its task's target."""
     metric = "miou" if "ann_miou" in stored else "map"
-    ann = _score(stored[f"ann_{metric}"])
+    ann = headline(stored[f"ann_{metric}"])
     curve = stored[f"snn_{metric}_auto"]
-    return next(int(T) for T in curve if _meets_target(metric, _score(curve[T]), ann))
+    return next(int(T) for T in curve if _meets_target(metric, headline(curve[T]), ann))
 
 
 def _command(text: str) -> list[str]:
@@ -171,6 +167,7 @@ def test_scene_results_reproduce_from_their_command(name: str) -> None:
     assert stored["test_scenes"]["num_scenes"] == images
     assert stored["timesteps"][0] == SLICE_T
     batch = settings["batch_size"].default
+    steps = [SLICE_T, _first_t_on_target(stored)]  # the first T, and the stored crossing
     test = load_scenes(progress=False, **stored["test_scenes"])
     model = zoo.load(name)
     calibration = calibration_batches(settings["calibration_scenes"].default,
@@ -181,7 +178,7 @@ def test_scene_results_reproduce_from_their_command(name: str) -> None:
         assert metrics.ann_miou(model, x, masks, NUM_CLASSES, batch) == stored["ann_miou"]
         clipped = metrics.ann_miou(converted.relux(), x, masks, NUM_CLASSES, batch)
         assert clipped == stored["relux_miou"]
-        metric, steps = "miou", [SLICE_T, first_t_on_target(stored)]
+        metric = "miou"
         curves = metrics.miou_curve(converted, x, masks, NUM_CLASSES, steps, list(DELAYS),
                                     batch, progress=False)  # fmt: skip
     else:
@@ -190,15 +187,15 @@ def test_scene_results_reproduce_from_their_command(name: str) -> None:
         assert json.loads(json.dumps(ann)) == stored["ann_map"]
         relux = [d for i in range(0, len(x), batch) for d in converted.ann(x[i : i + batch])]
         assert json.loads(json.dumps(metrics.detection_map(relux, targets))) == stored["relux_map"]
-        metric, steps = "map", [SLICE_T, first_t_on_target(stored)]
+        metric = "map"
         curves = metrics.map_curve(converted, x, targets, steps, list(DELAYS), batch,
                                    progress=False)  # fmt: skip
 
     for delay in DELAYS:
-        expected = _score(stored[f"snn_{metric}_{delay}"][str(SLICE_T)])
-        assert abs(_score(curves[delay][SLICE_T]) - expected) <= 5e-4, delay
+        expected = headline(stored[f"snn_{metric}_{delay}"][str(SLICE_T)])
+        assert abs(headline(curves[delay][SLICE_T]) - expected) <= 5e-4, delay
     # The target, live at its own tolerance, on these scenes at the stored crossing's T:
-    snn, ann_score = _score(curves["auto"][steps[1]]), _score(stored[f"ann_{metric}"])
+    snn, ann_score = headline(curves["auto"][steps[1]]), headline(stored[f"ann_{metric}"])
     assert _meets_target(metric, snn, ann_score), (name, steps[1], snn, ann_score)
 
 

@@ -120,20 +120,22 @@ def measure(
     return result
 
 
+def headline(value: float | dict) -> float:
+    """A stored metric as one number: an mIoU as it is, a detection metric (the dict of
+    :func:`snnlite.metrics.detection_map`) as its COCO mAP @[.5:.95]."""
+    return value["map"] if isinstance(value, dict) else value
+
+
 def energy_row(
     result: dict, preset: str | energy.EnergyConstants = "paper", delay: str = "auto"
 ) -> energy.EnergyRow:
     """The energy row of a stored result: SOP90 / SOP95 on its curve (mIoU, or COCO mAP
     @[.5:.95]) with readout delay ``delay``, FPS/W of the ANN and the SNN."""
     metric = "miou" if result["task"] == "segmentation" else "map"
-
-    def score(value: float | dict) -> float:
-        return value["map"] if isinstance(value, dict) else value
-
-    curve = {int(T): score(v) for T, v in result[f"snn_{metric}_{delay}"].items()}
+    curve = {int(T): headline(v) for T, v in result[f"snn_{metric}_{delay}"].items()}
     sops = {int(T): v for T, v in result["snn_sops"].items()}
     return energy.energy_row(
-        result["model"], curve, sops, score(result[f"ann_{metric}"]), result["ann_macs"],
+        result["model"], curve, sops, headline(result[f"ann_{metric}"]), result["ann_macs"],
         result["analog_macs"], metric="mIoU" if metric == "miou" else "mAP", preset=preset,
     )  # fmt: skip
 
