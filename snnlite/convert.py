@@ -28,7 +28,7 @@ from snnlite.latency import (
     tune_for_latency,
 )
 from snnlite.network import MAX_POOL_MODES, MaxPoolMode, SpikingNetwork
-from snnlite.neurons import check_signed_spikes, check_spikes_per_step
+from snnlite.neurons import check_catch_up, check_signed_spikes, check_spikes_per_step
 from snnlite.recipes import Granularity, ThresholdRecipe, make_recipe
 
 __all__ = ["calibrate", "convert"]
@@ -56,6 +56,7 @@ def convert(
     tuning_size: int = TUNING_SAMPLES,
     spikes_per_step: int = 1,
     signed_spikes: bool = False,
+    catch_up: int = 1,
     progress: bool = True,
 ) -> SpikingNetwork:
     """Convert a pretrained CNN into a spiking network, without training.
@@ -115,6 +116,13 @@ def convert(
             step carries one of three values, log2(3) = 1.58 bits, and every spike of
             either sign is an event and costs its synaptic operations. A separate option,
             like bursts (with which it does not combine).
+        catch_up: with ``signed_spikes``, the most spikes a neuron may send (or take back)
+            in one step: 1 (default), or B > 1 to **catch up** when its input came faster
+            than theta per step, never more than t spikes in t steps (so the rate is still
+            clipped at theta). One spike per step makes a deep layer lag behind its input
+            (what is still in the membrane at the end is lost); with B the network read
+            out at T computes :meth:`SpikingNetwork.quantised_ann` as long as no step brings
+            a neuron more than B theta. log2(2 B + 1) bits per step; each spike is an event.
         progress: show tqdm progress bars (calibration and simulation).
 
     Under an initialised process group (``torchrun``; see :mod:`snnlite.distributed`) each
@@ -138,6 +146,7 @@ def convert(
         raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
     spikes_per_step = check_spikes_per_step(spikes_per_step)
     signed_spikes = check_signed_spikes(signed_spikes, spikes_per_step)
+    catch_up = check_catch_up(catch_up, signed_spikes)
     if max_pool is not None and max_pool not in MAX_POOL_MODES:
         raise ValueError(f"max_pool must be one of {MAX_POOL_MODES} or None, got {max_pool!r}")
     parts = None
@@ -174,7 +183,8 @@ def convert(
     if max_pool is None:
         max_pool = "gated" if parts is None else "cumulative"
     snn = SpikingNetwork(ann, max_pool=max_pool, progress=progress,
-                         spikes_per_step=spikes_per_step, signed_spikes=signed_spikes)  # fmt: skip
+                         spikes_per_step=spikes_per_step, signed_spikes=signed_spikes,
+                         catch_up=catch_up)  # fmt: skip
     snn.sample_shape = tuple(probe.shape[1:])
     snn.delay_estimate = snn.estimate_delay(probe[:probe_size])
     if parts is not None:

@@ -138,6 +138,46 @@ if numba is not None:
                 _signed_step(u, n, value[lo:hi], level[lo:hi], zero, current,
                              spikes[t, start:stop])  # fmt: skip
 
+    @numba.njit(inline="always")
+    def _catch_up_step(
+        u, sent, value, level, zero, limit, elapsed, current, spike
+    ):  # pragma: no cover
+        """``_signed_step`` for neurons that may send up to ``limit`` spikes in one step:
+        floor(u / theta) up (never more than ``elapsed`` - sent, ``elapsed`` being the steps
+        so far, this one included) or ceil(-u / theta) taken back below 0 (never more than
+        ``sent``); see :func:`snnlite.neurons.signed_integrate_and_fire`."""
+        for k in range(u.shape[0]):
+            v = u[k] + current[k]
+            up = np.floor(v / level[k])
+            up = min(max(up, zero), limit, elapsed - sent[k])
+            down = np.ceil(-v / level[k])
+            down = min(max(down, zero), limit, sent[k]) if v < zero else zero
+            count = up - down
+            sent[k] += count
+            spike[k] = count * value[k]
+            u[k] = v - spike[k]  # the spike as stored, in the membrane's dtype
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _catch_up_chunk(
+        currents, constant, membrane, sent, value, level, limit, done, spikes
+    ):  # pragma: no cover
+        """``_signed_chunk`` with up to ``limit`` spikes per step; ``done``: the steps
+        before this chunk."""
+        steps, size = spikes.shape
+        period = value.shape[0]
+        per_sample = (period + BLOCK - 1) // BLOCK
+        zero = np.zeros(1, dtype=membrane.dtype)[0]
+        cap = zero + limit
+        for b in numba.prange(size // period * per_sample):
+            lo, hi, start, stop = _block(b, per_sample, period)
+            u = membrane[start:stop]
+            n = sent[start:stop]
+            for t in range(steps):
+                row = 0 if constant else t
+                current = currents[row, start:stop]
+                _catch_up_step(u, n, value[lo:hi], level[lo:hi], zero, cap,
+                               zero + (done + t + 1), current, spikes[t, start:stop])  # fmt: skip
+
     @numba.njit(cache=True, nogil=True, parallel=True)
     def _gated_pool_chunk(x, sums, windows, out):  # pragma: no cover
         """x: (steps, P, HW) currents of P planes; sums: (P, HW) running input sums, updated;
@@ -303,6 +343,8 @@ def signed_integrate_and_fire_cpu(
     steps: int,
     constant: bool,
     maps: tuple[Tensor, Tensor] | None = None,
+    catch_up: int = 1,
+    done: int = 0,
 ) -> Tensor:
     """Fused chunk of signed neurons with memory: the contract of
     :func:`snnlite.neurons.signed_integrate_and_fire`. ``membrane`` and ``sent`` (N, ...),
@@ -310,15 +352,18 @@ def signed_integrate_and_fire_cpu(
     value, level = spike_maps(threshold, membrane) if maps is None else maps
     spikes = empty_over_time(membrane, steps)
     match_torch_threads()
-    _signed_chunk(
+    arrays = (
         _flat_currents(currents, membrane, constant).numpy(),
         constant,
         _flat_in_memory_order(membrane).numpy(),
         _flat_in_memory_order(sent).numpy(),
         value.numpy(),
         level.numpy(),
-        _flat_over_time(spikes, membrane).numpy(),
     )
+    if catch_up > 1:
+        _catch_up_chunk(*arrays, catch_up, done, _flat_over_time(spikes, membrane).numpy())
+    else:
+        _signed_chunk(*arrays, _flat_over_time(spikes, membrane).numpy())
     return spikes
 
 

@@ -43,6 +43,7 @@ from snnlite.neurons import (
     IFNeuron,
     QuantisedSite,
     broadcast_threshold,
+    check_catch_up,
     check_signed_spikes,
     check_spikes_per_step,
     events_per_position,
@@ -135,6 +136,8 @@ class SpikingNetwork(nn.Module):
     Built by :func:`snnlite.convert`. ``forward(x)`` runs :meth:`simulate` for one T.
     """
 
+    catch_up: int = 1  # networks saved before the option existed read 1
+
     def __init__(
         self,
         ann: fx.GraphModule,
@@ -146,6 +149,7 @@ class SpikingNetwork(nn.Module):
         progress: bool = True,
         spikes_per_step: int = 1,
         signed_spikes: bool = False,
+        catch_up: int = 1,
     ) -> None:
         super().__init__()
         if max_pool not in MAX_POOL_MODES:
@@ -157,6 +161,9 @@ class SpikingNetwork(nn.Module):
         # Signed spikes with memory (snnlite.neurons.signed_integrate_and_fire): a neuron
         # may take back a spike it sent; three values per step, log2(3) bits.
         self.signed_spikes = check_signed_spikes(signed_spikes, self.spikes_per_step)
+        # Signed neurons that may send up to B spikes in one step to catch up on their
+        # input (snnlite.neurons.signed_integrate_and_fire): log2(2 B + 1) bits per step.
+        self.catch_up = check_catch_up(catch_up, self.signed_spikes)
         self.max_pool = max_pool
         self.delay_estimate = delay_estimate
         self.delay_schedule = dict(delay_schedule) if delay_schedule else None
@@ -182,8 +189,9 @@ class SpikingNetwork(nn.Module):
         """The ANN whose every activation is its neuron's T-step rate under a constant
         current (:class:`snnlite.neurons.QuantisedSite`, corrections included), a standalone
         copy. A signed network without max pools, read out at T with no delay, computes it
-        exactly while no step brings a neuron more than its threshold; the rest of its gap to
-        it is lag. As T grows it tends to :meth:`relux` unless a bias current is set (a
+        exactly while no step brings a neuron more than its threshold (more than B
+        thresholds with ``catch_up`` B; always when B >= T); the rest of its gap to it is
+        lag. As T grows it tends to :meth:`relux` unless a bias current is set (a
         charge's effect falls as 1/T).
         """
         steps = check_timesteps(timesteps)
@@ -556,14 +564,14 @@ class SpikingNetwork(nn.Module):
         self, record_spikes: bool = False, fanouts: Mapping[str, Tensor] | None = None
     ) -> _Runner:
         return _Runner(self.ann, self.max_pool, record_spikes, fanouts, self.spikes_per_step,
-                       self.signed_spikes)  # fmt: skip
+                       self.signed_spikes, self.catch_up)  # fmt: skip
 
     def _activation_bytes(self, runner: _Runner, sample: Tensor) -> dict[fx.Node, int]:
         """The runner's ``activation_bytes`` for this kind of input, measured once: they set
         only the tiling, and cost a pass of the network (5% of a MobileNetV2 run at 224 px
         and T = 16)."""
         key = (id(self.ann), self.max_pool, self.spikes_per_step, self.signed_spikes,
-               tuple(sample.shape[1:]),
+               self.catch_up, tuple(sample.shape[1:]),
                sample.dtype, sample.device, runner.stop_after)  # fmt: skip
         cache = self.__dict__.setdefault("_activation_sizes", {})
         if key not in cache:
@@ -664,7 +672,8 @@ class _SourceRecord:
         self.fanout = fanout  # synapses per output position, one sample's shape
         self.neuron = neuron  # an IF neuron (its spikes are the site's spike counts)
         # Burst spikes: the value of one spike, theta / B (scalar or (C,); 1 where silent);
-        # an output position then sends round(value / quantum) events.
+        # an output position then sends round(|value| / quantum) events (signed neurons
+        # that catch up: quantum theta, up to B spikes of either sign).
         self.quantum = quantum
         self.events: list[Tensor] = []  # one (steps,) tensor per chunk
         self.sops: list[Tensor] = []
@@ -677,9 +686,9 @@ class _SourceRecord:
         per_step = output.view(steps, -1, *output.shape[1:])
         if self.quantum is None:  # binary spikes: one event per nonzero output
             counts = events_per_position(per_step)  # (steps, P)
-        else:  # bursts: n spikes of theta / B are n events
+        else:  # bursts: n spikes of theta / B are n events (n theta if catching up)
             quantum = broadcast_threshold(self.quantum.to(output.dtype), per_step.dim() - 1)
-            counts = torch.round(per_step / quantum).sum(1).flatten(1)
+            counts = torch.round(per_step.abs() / quantum).sum(1).flatten(1)
         self.events.append(counts.sum(1, dtype=torch.int64))
         if self.fanout is not None:
             self.sops.append(synaptic_operations(counts, self.fanout))
@@ -696,10 +705,12 @@ class _Runner:
         fanouts: Mapping[str, Tensor] | None = None,
         spikes_per_step: int = 1,
         signed_spikes: bool = False,
+        catch_up: int = 1,
     ) -> None:
         self.ann = ann
         self.spikes_per_step = spikes_per_step
         self.signed_spikes = signed_spikes
+        self.catch_up = catch_up
         self.nodes = list(ann.graph.nodes)
         self.temporal: dict[fx.Node, nn.Module] = {}
         # What the spike sources return is recorded here, not by the sources themselves:
@@ -755,7 +766,7 @@ class _Runner:
         if is_site(node):
             site = self.ann.get_submodule(node.target)
             return IFNeuron(site.threshold, site.bias, site.charge, site.unit,
-                            self.spikes_per_step, self.signed_spikes)  # fmt: skip
+                            self.spikes_per_step, self.signed_spikes, self.catch_up)  # fmt: skip
         module = self.ann.get_submodule(node.target)
         if isinstance(module, MAX_POOL_TYPES) and max_pool == "gated":
             return GatedMaxPool(module)
@@ -765,8 +776,9 @@ class _Runner:
 
     def _burst_quantum(self, node: fx.Node) -> Tensor | None:
         """The value of one spike of a burst source (a neuron, or a max pool that passes a
-        neuron's spikes), as one sample's (C, 1, ...) or scalar; None for binary spikes."""
-        if self.spikes_per_step == 1:
+        neuron's spikes), as one sample's (C, 1, ...) or scalar; None for binary spikes
+        (and signed ones, one per step)."""
+        if self.spikes_per_step == 1 and self.catch_up == 1:
             return None
         module = self.temporal[node]
         if not isinstance(module, IFNeuron):  # a pool counts the spikes of its input neuron
@@ -779,7 +791,7 @@ class _Runner:
                 )
         theta = module.threshold
         quantum = torch.where(theta > 0, theta / self.spikes_per_step, torch.ones_like(theta))
-        return quantum
+        return quantum  # spikes_per_step is 1 when catching up: quantum theta
 
     def _time_varying(self) -> set[fx.Node]:
         """Nodes whose value changes from step to step: neurons and everything downstream."""

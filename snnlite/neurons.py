@@ -11,7 +11,9 @@
 * ``signed_integrate_and_fire``: an opt-in variant with *signed spikes and memory*
   (``signed_spikes=True``): it may also send a spike of ``-theta`` to take back one it sent
   before, so its spikes so far always round its input so far. Three values per step
-  (log2 3 = 1.58 bits), the binary neuron's rate under a constant current.
+  (log2 3 = 1.58 bits), the binary neuron's rate under a constant current. With
+  ``catch_up=B`` it may send up to B such spikes in one step when its input came faster
+  than theta per step, never more than t spikes in t steps (log2(2 B + 1) bits per step).
 
 The spike condition is ``v >= theta`` everywhere (neuron, ``rate``), so ``rate`` matches the
 neuron exactly: a constant current ``z`` gives ``floor(z * T / theta + 1/2)`` spikes in T steps.
@@ -41,6 +43,7 @@ __all__ = [
     "QuantisedSite",
     "broadcast_threshold",
     "burst_integrate_and_fire",
+    "check_catch_up",
     "check_signed_spikes",
     "check_spikes_per_step",
     "events_per_position",
@@ -176,6 +179,20 @@ def check_signed_spikes(value: object, spikes_per_step: int = 1) -> bool:
     return value
 
 
+def check_catch_up(value: object, signed_spikes: bool) -> int:
+    """The most spikes a signed neuron may send in one step: a positive int, and more than
+    one only with signed spikes (a binary neuron's spikes are final: it has nothing to
+    catch up that it could later take back)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"catch_up must be a positive int, got {value!r}")
+    if value > 1 and not signed_spikes:
+        raise ValueError(
+            f"catch_up={value} lets a signed neuron send several spikes in one step: it "
+            "needs signed_spikes=True"
+        )
+    return value
+
+
 def burst_integrate_and_fire(
     currents: Tensor,
     membrane: Tensor,
@@ -223,6 +240,8 @@ def signed_integrate_and_fire(
     steps: int | None = None,
     backend: str = "auto",
     maps: tuple[Tensor, Tensor] | None = None,
+    catch_up: int = 1,
+    done: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The IF neuron with signed spikes and memory: it can take back a spike it sent.
 
@@ -245,10 +264,21 @@ def signed_integrate_and_fire(
     negative, is an event and costs its synaptic operations (the runner counts nonzero
     outputs). The idea is the signed neuron with memory of Wang et al. (IJCAI 2022).
 
+    **Catching up** (``catch_up`` = B > 1): one spike per step is also a speed limit. When a
+    step brings more than theta (a deep layer's input arrives as spikes, several theta at
+    once through large weights), the excess waits in the membrane and the output lags the
+    input; what is still owed at the end of the run is lost. With B > 1 the neuron sends
+    ``n = min(floor(u / theta), B, t - sent)`` spikes of theta at once (or takes back up to
+    ``min(ceil(-u / theta), B, sent)``), so ``S(t) = round(A(t) / theta)`` holds as long as
+    the input never runs more than B theta per step ahead; ``t - sent`` keeps at most t
+    spikes in t steps, so the rate is still clipped at theta. A step then carries one of
+    2 B + 1 values, log2(2 B + 1) bits; each of the n spikes is an event. B = 1 is the
+    neuron above, bit for bit. ``done``: the steps this neuron ran before this chunk.
+
     Args and shapes as :func:`integrate_and_fire` (``backend``: the fused CPU kernel of
     :mod:`snnlite.kernels`, same spikes bit for bit, or this torch loop), plus ``sent``
     (N, ...): the net spikes so far, updated in place with the membrane. Returns spikes
-    (steps, N, ...) with values in ``{-theta, 0, theta}`` and the updated membrane.
+    (steps, N, ...) with values in ``{-B theta, ..., B theta}`` and the updated membrane.
     """
     if backend not in ("auto", "torch", "fused"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
@@ -262,12 +292,14 @@ def signed_integrate_and_fire(
         count = steps if constant else currents.shape[0]
         assert count is not None
         spikes = kernels.signed_integrate_and_fire_cpu(
-            currents, membrane, sent, threshold, count, constant, maps
+            currents, membrane, sent, threshold, count, constant, maps, catch_up, done
         )
         return spikes, membrane
     if backend == "fused":
         raise RuntimeError("the fused IF kernel needs numba and CPU float tensors")
-    return signed_integrate_and_fire_torch(currents, membrane, threshold, sent, steps)
+    return signed_integrate_and_fire_torch(
+        currents, membrane, threshold, sent, steps, catch_up, done
+    )
 
 
 def signed_integrate_and_fire_torch(
@@ -276,6 +308,8 @@ def signed_integrate_and_fire_torch(
     threshold: Tensor,
     sent: Tensor,
     steps: int | None = None,
+    catch_up: int = 1,
+    done: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The signed chunk as plain torch ops, one step at a time (the reference; runs
     anywhere). Arguments as :func:`signed_integrate_and_fire`."""
@@ -285,6 +319,21 @@ def signed_integrate_and_fire_torch(
     assert steps is not None
     fire_level = torch.where(threshold > 0, threshold, torch.full_like(threshold, math.inf))
     spikes = empty_over_time(membrane, steps)
+    if catch_up > 1:
+        for t in range(steps):
+            membrane.add_(currents if constant else currents[t])  # integrate
+            # Up: floor(u / theta) spikes (none below theta; silent neurons: u / inf = 0),
+            # at most B, and never more than t in t steps. Down: ceil(-u / theta) taken
+            # back below 0, at most B and at most what was sent.
+            up = torch.floor(membrane / fire_level).clamp_(0, catch_up)
+            up = torch.minimum(up, done + t + 1 - sent)
+            down = torch.ceil(-membrane / fire_level).clamp_(0, catch_up)
+            down = torch.minimum(down, sent) * torch.lt(membrane, 0)
+            count = up - down
+            sent.add_(count)
+            torch.mul(count, threshold, out=spikes[t])
+            membrane.sub_(spikes[t])
+        return spikes, membrane
     for t in range(steps):
         membrane.add_(currents if constant else currents[t])  # integrate
         up = torch.ge(membrane, fire_level)
@@ -426,7 +475,8 @@ class IFNeuron(nn.Module):
     theta either way. With ``spikes_per_step`` B > 1 it is the burst neuron
     (:func:`burst_integrate_and_fire`): up to B spikes of theta / B per step, ``u(0) =
     theta / (2 B)``. With ``signed`` it is the neuron with signed spikes and memory
-    (:func:`signed_integrate_and_fire`), whose memory ``sent`` persists with the membrane.
+    (:func:`signed_integrate_and_fire`), whose memory ``sent`` persists with the membrane;
+    ``catch_up`` B > 1 lets it send up to B of them in one step.
     """
 
     def __init__(
@@ -437,6 +487,7 @@ class IFNeuron(nn.Module):
         unit: bool = False,
         spikes_per_step: int = 1,
         signed: bool = False,
+        catch_up: int = 1,
     ) -> None:
         super().__init__()
         if spikes_per_step > 1 and unit:
@@ -446,7 +497,9 @@ class IFNeuron(nn.Module):
         self.unit = unit
         self.spikes_per_step = spikes_per_step
         self.signed = signed
+        self.catch_up = check_catch_up(catch_up, signed)
         self.sent: Tensor | None = None  # signed spikes: net spikes so far (the memory)
+        self.steps_done = 0  # steps run since the last reset (catching up caps spikes by it)
         self.register_buffer("threshold", threshold)
         self.register_buffer("bias", bias)  # a current added every step (() or (C,))
         self.register_buffer("charge", charge)  # added to the initial potential theta / 2
@@ -463,6 +516,7 @@ class IFNeuron(nn.Module):
         self.membrane = None
         self.sent = None
         self.maps = None
+        self.steps_done = 0
 
     def _initial_state(self, current: Tensor, batch: int, theta: Tensor) -> Tensor:
         """The membrane at t = 0 for ``batch`` samples, in ``current``'s layout: ``u(0) =
@@ -511,12 +565,14 @@ class IFNeuron(nn.Module):
         elif self.signed:
             assert self.sent is not None
             spikes, self.membrane = signed_integrate_and_fire(
-                currents, self.membrane, theta, self.sent, steps, maps=self.maps
-            )
+                currents, self.membrane, theta, self.sent, steps, maps=self.maps,
+                catch_up=self.catch_up, done=self.steps_done,
+            )  # fmt: skip
         else:
             spikes, self.membrane = integrate_and_fire(
                 currents, self.membrane, theta, steps, in_place=in_place, maps=self.maps
             )
+        self.steps_done += steps
         if self.unit:  # a spike is theta > 0 exactly where the neuron fired
             spikes = torch.ne(spikes, 0).to(spikes.dtype)
         return fold_time(spikes)  # a view: no copy

@@ -121,13 +121,18 @@ def test_a_zoo_model_end_to_end_equals_the_api(tmp_path: Path) -> None:
     [
         (["--spikes-per-step", "2"], {"spikes_per_step": 2}, "| spikes per step | `2` |"),
         (["--signed-spikes"], {"signed_spikes": True}, "| signed spikes | `True` |"),
+        (
+            ["--signed-spikes", "--catch-up", "3"],
+            {"signed_spikes": True, "catch_up": 3},
+            "| catch-up (spikes per step) | `3` |",
+        ),
     ],
 )
 def test_spike_options_from_the_command_line_equal_the_api(
     tmp_path: Path, flags: list[str], option: dict, row: str
 ) -> None:
-    """``--spikes-per-step 2`` and ``--signed-spikes``: the library's burst or signed
-    network, its accuracy and SOPs, and the summary says which spikes a step carries."""
+    """``--spikes-per-step 2``, ``--signed-spikes`` (``--catch-up 3``): the library's burst
+    or signed network, its accuracy and SOPs, and the summary says which spikes a step carries."""
     out = tmp_path / "report"
     assert main(["convert", "--model", "zoo:fmnist_resnet", "--data", "fashion-mnist",
                  "--out", str(out), "--calibration-batch-size", "50", *flags,

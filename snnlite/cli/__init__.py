@@ -196,6 +196,12 @@ def _conversion_flags() -> argparse.ArgumentParser:
         "(an option beside the paper's binary spikes; book chapter 6)",
     )  # fmt: skip
     group.add_argument(
+        "--catch-up", type=_positive, default=1, metavar="B",
+        help="with --signed-spikes: a neuron may send or take back up to B spikes in one "
+        "step when its input came faster than theta per step, log2(2 B + 1) bits per step; "
+        "default: %(default)s",
+    )  # fmt: skip
+    group.add_argument(
         "--max-pool", choices=("gated", "cumulative", "current"), default=None,
         help="max pools on time-varying inputs: gated by accumulated input, the increment "
         "of the largest accumulated input (cumulative), or per step (the paper's form); "
@@ -360,7 +366,7 @@ def _converted(args: argparse.Namespace, loaded: LoadedModel) -> _Converted:
         loaded.model, calibration, method=args.method, granularity=args.granularity,
         iterations=args.calibration_batches, max_pool=args.max_pool,
         target_timesteps=args.target_timesteps, spikes_per_step=args.spikes_per_step,
-        signed_spikes=args.signed_spikes, progress=not args.no_progress,
+        signed_spikes=args.signed_spikes, catch_up=args.catch_up, progress=not args.no_progress,
     )  # fmt: skip
     return _Converted(loaded, snn, test_set, len(calibration_set))  # type: ignore[arg-type]
 
@@ -406,6 +412,7 @@ def run_convert(args: argparse.Namespace) -> None:
         "calibration images": run.calibration_images, "method": args.method,
         "granularity": args.granularity, "target T": args.target_timesteps,
         "spikes per step": args.spikes_per_step, "signed spikes": args.signed_spikes,
+        "catch-up (spikes per step)": args.catch_up,
         "delay": args.delay, "command": " ".join(["snnlite", *sys.argv[1:]]),
     }  # fmt: skip
     with report.staging(args.out, args.overwrite) as folder:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, loaded: LoadedModel, delays: list[Any]) -> Run
         method=args.method, granularity=args.granularity, iterations=args.calibration_batches,
         max_pool=args.max_pool, target_timesteps=args.target_timesteps,
         spikes_per_step=args.spikes_per_step, signed_spikes=args.signed_spikes,
-        progress=progress,
+        catch_up=args.catch_up, progress=progress,
     )  # fmt: skip
     test = scene_split("test", args.images, progress)
     test["images"] = test["images"].to(args.device)

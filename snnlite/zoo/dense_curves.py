@@ -66,11 +66,13 @@ def measure(
     target_timesteps: int | None = None,
     spikes_per_step: int = 1,
     signed_spikes: bool = False,
+    catch_up: int = 1,
 ) -> dict:
     """ANN metric and SNN curves (delay auto and half) of zoo model ``name``, as a dict;
     with ``target_timesteps``, of the network tuned for that T (:mod:`snnlite.latency`);
     with ``spikes_per_step`` B > 1, of burst neurons (up to B spikes per step); with
-    ``signed_spikes``, of signed neurons with memory (log2 3 bits per step)."""
+    ``signed_spikes``, of signed neurons with memory (log2 3 bits per step), that may send
+    up to ``catch_up`` B spikes in one step (log2(2 B + 1) bits)."""
     entry = info(name)
     model = load(name)
     test_args = {**entry["extra"]["test_scenes"], "num_scenes": images}
@@ -93,10 +95,14 @@ def measure(
     if signed_spikes:
         result["signed_spikes"] = True
         result["bits_per_step"] = math.log2(3)
+    if catch_up > 1:
+        result["catch_up"] = catch_up
+        result["bits_per_step"] = math.log2(2 * catch_up + 1)
     converted = convert_scene_model(model, entry["task"], calibration, progress=progress,
                                     target_timesteps=target_timesteps,
                                     spikes_per_step=spikes_per_step,
-                                    signed_spikes=signed_spikes)  # fmt: skip
+                                    signed_spikes=signed_spikes,
+                                    catch_up=catch_up)  # fmt: skip
     scores = score_scene_model(model, converted, entry["task"], test, timesteps, list(DELAYS),
                                batch_size, progress)  # fmt: skip
     metric = "miou" if entry["task"] == "segmentation" else "map"
@@ -182,6 +188,13 @@ def main() -> None:
         action="store_true",
         help="signed spikes with memory, 1.58 bits per step (needs --target-timesteps)",
     )
+    parser.add_argument(
+        "--catch-up",
+        type=int,
+        default=1,
+        metavar="B",
+        help="with --signed-spikes: up to B spikes per step, log2(2 B + 1) bits per step",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
@@ -189,11 +202,13 @@ def main() -> None:
         parser.error("--spikes-per-step is stored with a tuned network: give --target-timesteps")
     if args.signed_spikes and args.target_timesteps is None:
         parser.error("--signed-spikes is stored with a tuned network: give --target-timesteps")
+    if args.catch_up != 1 and not args.signed_spikes:
+        parser.error("--catch-up needs --signed-spikes")
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.images, args.calibration_scenes, args.calibration_batch,
                      tuple(args.timesteps), target_timesteps=args.target_timesteps,
                      spikes_per_step=args.spikes_per_step,
-                     signed_spikes=args.signed_spikes)  # fmt: skip
+                     signed_spikes=args.signed_spikes, catch_up=args.catch_up)  # fmt: skip
     result["command"] = "python -m snnlite.zoo.dense_curves " + shlex.join(sys.argv[1:])
     text = json.dumps(result, indent=1)
     print(text)
@@ -206,6 +221,7 @@ def main() -> None:
     stored = json.loads(path.read_text()) if path.is_file() else {}
     burst = f"_b{args.spikes_per_step}" if args.spikes_per_step > 1 else ""
     signed = "_signed" if args.signed_spikes else ""
+    signed += f"_catch_up{args.catch_up}" if args.catch_up > 1 else ""
     stored[f"t{args.target_timesteps}{burst}{signed}"] = result
     path.write_text(json.dumps(stored, indent=1) + "\n")
 
