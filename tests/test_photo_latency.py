@@ -9,7 +9,8 @@ agrees with the ANN at least as often as the paper's at every T, and its clipped
 least as often. The same table with signed spikes (``--signed-spikes``) is stored beside it
 and held to the same checks, plus its own: it changes no threshold of the paper's network
 (the same clipped ANN, crop by crop), and its paper network is re-run here on the same
-slice, from the same calibration.
+slice, from the same calibration. So is the table of signed neurons that catch up
+(``--signed-spikes --catch-up 2``: up to two spikes per step, log2 5 = 2.32 bits).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from snnlite.zoo.registry import RESULTS_DIR
 ROOT = Path(__file__).resolve().parents[1]
 STORED = RESULTS_DIR / f"{MODEL}_latency.json"
 STORED_SIGNED = RESULTS_DIR / f"{MODEL}_latency_signed.json"
+STORED_CATCH_UP = RESULTS_DIR / f"{MODEL}_latency_signed_catch_up2.json"
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +40,15 @@ def signed() -> dict:
     return json.loads(STORED_SIGNED.read_text())
 
 
-@pytest.fixture(params=["binary", "signed"])
-def table(request, stored, signed) -> dict:
-    """Each stored table in turn, for the checks that hold for both."""
-    return stored if request.param == "binary" else signed
+@pytest.fixture(scope="module")
+def catch_up() -> dict:
+    return json.loads(STORED_CATCH_UP.read_text())
+
+
+@pytest.fixture(params=["binary", "signed", "catch_up"])
+def table(request, stored, signed, catch_up) -> dict:
+    """Each stored table in turn, for the checks that hold for all."""
+    return {"binary": stored, "signed": signed, "catch_up": catch_up}[request.param]
 
 
 def test_the_stored_table_names_its_command(table) -> None:
@@ -64,6 +71,31 @@ def test_the_signed_table_is_the_binary_one_with_signed_spikes(stored, signed) -
     assert signed["bits_per_step"] == pytest.approx(1.58496, abs=1e-5)
     assert signed["ann_top1"] == stored["ann_top1"]
     assert signed["paper"]["relux_top1"] == stored["paper"]["relux_top1"]
+
+
+def test_the_catch_up_table_is_the_signed_one_with_two_spikes_per_step(signed, catch_up) -> None:
+    """The signed command with ``--catch-up 2``, its 2.32 bits per step stated, and the same
+    ANN and clipped ANN crop by crop (catching up changes no threshold either)."""
+    assert catch_up["command"] == signed["command"] + " --catch-up 2"
+    assert catch_up["signed_spikes"] is True and catch_up["catch_up"] == 2
+    assert catch_up["bits_per_step"] == pytest.approx(2.32193, abs=1e-5)
+    assert catch_up["ann_top1"] == signed["ann_top1"]
+    assert catch_up["paper"]["relux_top1"] == signed["paper"]["relux_top1"]
+
+
+def test_catching_up_meets_the_target_at_64_and_pays_for_it_in_events(signed, catch_up) -> None:
+    """The issue's target at T = 64 (agreement >= 80%) is met by the network tuned for 64
+    that catches up; the one at T = 256 (>= 95%) is not, so it is not claimed. Against
+    signed neurons with one spike per step it agrees at least as often at every T, every
+    network; the spikes it no longer owes are sent, so it spends more SOPs at every T."""
+    tuned = catch_up["targets"]["64"]
+    assert tuned["agreement"]["64"] >= 0.80
+    pairs = [(catch_up["paper"], signed["paper"])]
+    pairs += [(catch_up["targets"][k], signed["targets"][k]) for k in signed["targets"]]
+    for faster, one_per_step in pairs:
+        for T, value in faster["agreement"].items():
+            assert value >= one_per_step["agreement"][T], T
+            assert faster["sops_per_image"][T] > one_per_step["sops_per_image"][T], T
 
 
 def test_signed_spikes_agree_more_often_at_equal_t_and_at_equal_sops(stored, signed) -> None:
@@ -103,11 +135,12 @@ def test_a_small_slice_reruns_through_the_same_code(stored) -> None:
     assert table["targets"]["8"]["conversion_ratio"] > 1.0
 
 
-def test_the_papers_network_reproduces_at_the_stored_settings(stored, signed) -> None:
+def test_the_papers_network_reproduces_at_the_stored_settings(stored, signed, catch_up) -> None:
     """A slice of the stored tables re-run with their own settings: the paper's network
     calibrated as stored (96 crops at 224 px, 300 LTB updates), scored on the first batch of
-    the same test crops at the two shortest T's, with binary spikes and then with signed
-    ones (the same calibration: signed spikes change no threshold). Each crop's class from
+    the same test crops at the two shortest T's, with binary spikes, then with signed ones,
+    then with signed ones that catch up (the same calibration: neither changes a
+    threshold). Each crop's class from
     the ANN, the clipped ANN and the SNN at each T is the stored one; the delays agree within
     1e-6 (relative: float sums in another order on another CPU). About a minute, most of it
     the LTB calibration; the tuning takes several minutes more, and is re-run at 64 px."""
@@ -126,7 +159,12 @@ def test_the_papers_network_reproduces_at_the_stored_settings(stored, signed) ->
     paper.signed_spikes = True  # the same thresholds, signed neurons
     with_signed = agreement(paper, networks["test"], networks["reference"], timesteps,
                             settings["--batch"])  # fmt: skip
-    for fresh, want in ((table["paper"], stored["paper"]), (with_signed, signed["paper"])):
+    paper.catch_up = catch_up["catch_up"]
+    with_catch_up = agreement(paper, networks["test"], networks["reference"], timesteps,
+                              settings["--batch"])  # fmt: skip
+    pairs = ((table["paper"], stored["paper"]), (with_signed, signed["paper"]),
+             (with_catch_up, catch_up["paper"]))  # fmt: skip
+    for fresh, want in pairs:
         assert fresh["relux_top1"] == want["relux_top1"][:crops]
         for T in map(str, timesteps):
             assert fresh["top1"][T] == want["top1"][T][:crops], T
@@ -149,7 +187,7 @@ def test_the_stored_agreements_count_the_stored_classes(table) -> None:
             assert value == share(entry["top1"][T]), T
 
 
-def test_the_books_chapter_shows_the_stored_table(stored, signed) -> None:
+def test_the_books_chapter_shows_the_stored_table(stored, signed, catch_up) -> None:
     """Chapter 6 plots and quotes this table as the book build found it; the numbers it
     saved (``notebooks/results/book/06_low_latency.json``) must be the stored ones, so a
     regenerated table needs the chapter re-run (``make book``)."""
@@ -167,3 +205,11 @@ def test_the_books_chapter_shows_the_stored_table(stored, signed) -> None:
             assert book[f"photo_signed_{key}_sops_T{T}"] == entry["sops_per_image"][T]
     ratio = signed_tuned["sops_per_image"][signed_target] / tuned["sops_per_image"][signed_target]
     assert book["photo_signed_sops_ratio"] == pytest.approx(ratio, rel=1e-12)
+    catch_target, catch_tuned = next(iter(catch_up["targets"].items()))
+    for key, entry in (("paper", catch_up["paper"]), ("tuned", catch_tuned)):
+        assert book[f"photo_catch_up_{key}_relux_agreement"] == entry["relux_agreement"], key
+        for T, value in entry["agreement"].items():
+            assert book[f"photo_catch_up_{key}_agreement_T{T}"] == value, (key, T)
+            assert book[f"photo_catch_up_{key}_sops_T{T}"] == entry["sops_per_image"][T]
+    ratio = catch_tuned["sops_per_image"][catch_target] / tuned["sops_per_image"][catch_target]
+    assert book["photo_catch_up_sops_ratio"] == pytest.approx(ratio, rel=1e-12)
