@@ -172,3 +172,20 @@ def book_results(name: str) -> dict:
         f"parameters: {redo}"
     )
     return {k: v for k, v in stored.items() if not k.startswith("_")}
+
+
+def signed_start(
+    theta: torch.Tensor, shape: tuple[int, ...], channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A signed neuron's state at t = 0: the membrane at theta / 2 and nothing sent, in the
+    layout the kernels read (channels-last when asked)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    membrane = (theta / 2).expand(shape).contiguous(memory_format=layout)
+    return membrane, torch.zeros_like(membrane)
+
+
+def per_step_layout(currents: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(steps, N, C, H, W) currents with every step channels-last, as the runner lays them."""
+    if not channels_last:
+        return currents
+    return torch.stack([c.contiguous(memory_format=torch.channels_last) for c in currents])

@@ -17,12 +17,7 @@ from torch import nn
 import snnlite
 from snnlite.graph import activation_sites
 from snnlite.neurons import IFNeuron, signed_integrate_and_fire, signed_integrate_and_fire_torch
-
-
-def _start(theta: torch.Tensor, shape: tuple[int, ...], channels_last: bool = False):
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    membrane = (theta / 2).expand(shape).contiguous(memory_format=layout)
-    return membrane, torch.zeros_like(membrane)
+from tests.helpers import per_step_layout, signed_start
 
 
 def test_the_net_spikes_are_the_input_so_far_rounded_and_clipped_at_every_step() -> None:
@@ -38,7 +33,7 @@ def test_the_net_spikes_are_the_input_so_far_rounded_and_clipped_at_every_step()
     elapsed = torch.arange(1, steps + 1, dtype=torch.float64)[:, None]
     rounded = torch.minimum(torch.floor(so_far / theta + 0.5).clamp(min=0), elapsed)
     for limit in (steps, 2):
-        membrane, sent = _start(theta, (n,))
+        membrane, sent = signed_start(theta, (n,))
         spikes, _ = signed_integrate_and_fire_torch(currents, membrane, theta, sent,
                                                     catch_up=limit)  # fmt: skip
         count = spikes / theta  # whole numbers
@@ -58,7 +53,7 @@ def test_one_spike_per_step_is_the_signed_neuron() -> None:
     currents = torch.randn(30, 2, 4, 9, generator=g, dtype=torch.float64) * 0.6
     runs = []
     for limit in (1, None):
-        membrane, sent = _start(theta, (2, 4, 9))
+        membrane, sent = signed_start(theta, (2, 4, 9))
         args = {} if limit is None else {"catch_up": limit, "done": 5}
         runs.append(signed_integrate_and_fire_torch(currents, membrane, theta, sent, **args))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
@@ -72,13 +67,12 @@ def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(dtype, channels_last, co
     pytest.importorskip("numba")
     g = torch.Generator().manual_seed(1)
     currents = torch.randn(24, 3, 5, 7, 6, generator=g, dtype=dtype) * 1.5
-    if channels_last:
-        currents = torch.stack([c.contiguous(memory_format=torch.channels_last) for c in currents])
+    currents = per_step_layout(currents, channels_last)
     theta = torch.rand(5, generator=g, dtype=dtype).view(5, 1, 1)
     theta[1] = 0  # a silent channel
     results = []
     for backend in ("torch", "fused"):
-        membrane, sent = _start(theta, (3, 5, 7, 6), channels_last)
+        membrane, sent = signed_start(theta, (3, 5, 7, 6), channels_last)
         chunks = []
         for done, chunk in ((0, currents[:10]), (10, currents[10:])):
             steps = chunk.shape[0]

@@ -21,12 +21,7 @@ from snnlite.neurons import (
     signed_integrate_and_fire,
     signed_integrate_and_fire_torch,
 )
-
-
-def _start(theta: torch.Tensor, shape: tuple[int, ...], channels_last: bool = False):
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    membrane = (theta / 2).expand(shape).contiguous(memory_format=layout)
-    return membrane, torch.zeros_like(membrane)
+from tests.helpers import per_step_layout, signed_start
 
 
 @pytest.mark.parametrize("theta_value", [1.0, 0.5])
@@ -40,7 +35,7 @@ def test_the_net_spikes_round_the_input_so_far_at_every_step(theta_value: float)
     drift = torch.linspace(64, -64, steps).round().long()[:, None]
     currents = (noise + drift).double() / 256 * theta_value
     theta = torch.tensor(theta_value, dtype=torch.float64)
-    membrane, sent = _start(theta, (n,))
+    membrane, sent = signed_start(theta, (n,))
     spikes, _ = signed_integrate_and_fire_torch(currents, membrane, theta, sent)
     net = torch.cumsum(spikes / theta, 0)  # (steps, n), whole numbers
     so_far = torch.cumsum(currents, 0)
@@ -56,7 +51,7 @@ def test_the_net_spikes_round_the_input_so_far_at_every_step(theta_value: float)
 def test_a_constant_current_is_the_binary_neuron(T: int) -> None:
     theta = torch.tensor([1.25, 0.55, 0.0], dtype=torch.float64).view(3, 1)  # one silent row
     z = (torch.linspace(-0.5, 2.5, 401, dtype=torch.float64) + 7e-4).expand(3, -1)[None]
-    membrane, sent = _start(theta, (1, 3, 401))
+    membrane, sent = signed_start(theta, (1, 3, 401))
     signed, u_signed = signed_integrate_and_fire_torch(z, membrane, theta, sent, steps=T)
     binary, u_binary = integrate_and_fire(z, (theta / 2).expand(1, 3, 401).clone(), theta,
                                           steps=T, backend="torch")  # fmt: skip
@@ -70,15 +65,14 @@ def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(dtype, channels_last, co
     pytest.importorskip("numba")
     g = torch.Generator().manual_seed(1)
     currents = torch.randn(20, 3, 5, 7, 6, generator=g, dtype=dtype) * 0.5
-    if channels_last:
-        currents = torch.stack([c.contiguous(memory_format=torch.channels_last) for c in currents])
+    currents = per_step_layout(currents, channels_last)
     if constant:
         currents = currents[0]
     theta = torch.rand(5, generator=g, dtype=dtype).view(5, 1, 1)
     theta[1] = 0  # a silent channel
     results = []
     for backend in ("torch", "fused"):
-        membrane, sent = _start(theta, (3, 5, 7, 6), channels_last)
+        membrane, sent = signed_start(theta, (3, 5, 7, 6), channels_last)
         spikes, _ = signed_integrate_and_fire(currents, membrane, theta, sent,
                                              steps=20, backend=backend)  # fmt: skip
         results.append((spikes, membrane, sent))
