@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from snnlite import zoo
 from snnlite.data import fashion_mnist_benchmark
 from snnlite.latency import tune_for_latency
 from snnlite.zoo import RESULTS_DIR
+from snnlite.zoo.dense_curves import headline
 from snnlite.zoo.latency_table import tuning_start
 
 # The targets: points below the ANN, each target's network at its own T, on the whole test
@@ -40,6 +42,7 @@ MET_TARGETS = {
 }
 LIVE_IMAGES = {8: 1000, 16: 10000, 64: 5000}
 BELOW_PAPER_AT_64 = 0.003
+DETECTION_SHARE = 0.94  # the detection target: at least 94% of the ANN's mAP at T = 32
 # A live measurement on the whole test set against the stored table: equal on the machine
 # that wrote the table; on another CPU the convolutions sum in another order, and the tuning
 # can turn that into a few images (seen: 0.15 points on 2000 images).
@@ -202,18 +205,47 @@ def _tuned_scene_tables() -> list[tuple[str, str, dict, dict]]:
     return tables
 
 
+def _metric(result: dict) -> str:
+    """A stored scene result's metric: "miou" (segmentation) or "map" (detection)."""
+    return "miou" if "ann_miou" in result else "map"
+
+
 def test_tuned_scene_models_never_trail_the_paper_network_at_long_runs() -> None:
-    """At T >= 64, on the same test scenes, no tuned scene model is more than 0.3 mIoU
-    points below the paper's network (the classifiers' rule), with either readout delay."""
+    """At T >= 64, on the same test scenes, no tuned scene model is more than 0.3 mIoU (or
+    mAP) points below the paper's network (the classifiers' rule) with the automatic delay,
+    the readout its tuning chose; the segmentation models with the delay "half" too. (FCOS
+    with catching up settles within a step or two, its chosen delays are 0 and 1, so "half"
+    throws away half of its window there: stored, not held.)"""
     tables = _tuned_scene_tables()
-    assert {name for name, *_ in tables} >= {"scenes_fcn", "scenes_deeplabv3"}
+    assert {name for name, *_ in tables} >= {"scenes_fcn", "scenes_deeplabv3", "scenes_fcos"}
     for name, key, tuned, paper in tables:
         assert tuned["test_scenes"] == paper["test_scenes"], name
-        for delay in ("auto", "half"):
-            for T, value in tuned[f"snn_miou_{delay}"].items():
+        metric = _metric(tuned)
+        for delay in ("auto", "half") if metric == "miou" else ("auto",):
+            for T, value in tuned[f"snn_{metric}_{delay}"].items():
                 if int(T) >= 64:
-                    gap = paper[f"snn_miou_{delay}"][T] - value
+                    gap = headline(paper[f"snn_{metric}_{delay}"][T]) - headline(value)
                     assert gap <= BELOW_PAPER_AT_64 + 1e-9, (name, key, delay, T)
+
+
+def test_detection_target_is_met_by_catching_up_with_its_price() -> None:
+    """``python -m snnlite.zoo.dense_curves --model scenes_fcos --images 100
+    --target-timesteps 32 --signed-spikes --catch-up 3`` (stored under
+    "t32_signed_catch_up3"): FCOS tuned for T = 32, with signed neurons that may send or take
+    back up to three spikes in one step (log2 7 = 2.81 bits per step), reaches at least 94%
+    of its ANN's mAP at T = 32, which the paper's network (binary spikes) reaches only at
+    T = 64. The price, counted: at T = 32 it spends more SOPs per image than the paper's
+    network does at T = 64, so catching up buys steps, not energy (chapter 6 says so)."""
+    table = json.loads((RESULTS_DIR / "scenes_fcos_latency.json").read_text())
+    tuned = table["t32_signed_catch_up3"]
+    paper = json.loads((RESULTS_DIR / "scenes_fcos.json").read_text())
+    assert tuned["signed_spikes"] is True and tuned["catch_up"] == 3
+    assert tuned["bits_per_step"] == pytest.approx(math.log2(7))
+    target = DETECTION_SHARE * headline(tuned["ann_map"])
+    assert tuned["ann_map"] == paper["ann_map"] and tuned["test_scenes"] == paper["test_scenes"]
+    assert headline(tuned["snn_map_auto"]["32"]) >= target
+    assert headline(paper["snn_map_auto"]["32"]) < target <= headline(paper["snn_map_auto"]["64"])
+    assert tuned["snn_sops"]["32"] > paper["snn_sops"]["64"]
 
 
 def test_the_books_chapter_shows_the_stored_scene_tables() -> None:
@@ -224,6 +256,7 @@ def test_the_books_chapter_shows_the_stored_scene_tables() -> None:
     book = json.loads(book_path.read_text())
     for name, key, tuned, paper in _tuned_scene_tables():
         T, prefix = str(tuned["target_timesteps"]), f"scene_{name.removeprefix('scenes_')}_{key}"
-        assert book[f"{prefix}_ann_miou"] == tuned["ann_miou"], name
-        assert book[f"{prefix}_tuned_miou"] == tuned["snn_miou_auto"][T], name
-        assert book[f"{prefix}_paper_miou"] == paper["snn_miou_auto"][T], name
+        metric = _metric(tuned)
+        assert book[f"{prefix}_ann_{metric}"] == headline(tuned[f"ann_{metric}"]), name
+        assert book[f"{prefix}_tuned_{metric}"] == headline(tuned[f"snn_{metric}_auto"][T]), name
+        assert book[f"{prefix}_paper_{metric}"] == headline(paper[f"snn_{metric}_auto"][T]), name

@@ -9,6 +9,7 @@ and cost nothing.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -353,6 +354,14 @@ def claims_06_low_latency(r: dict, p: dict) -> None:
             # with one spike per step, run longer, agrees at least as often"
             at_target = r[f"photo_catch_up_tuned_agreement_T{r['photo_catch_up_target']}"]
             assert r["photo_catch_up_signed_same_sops_agreement"] >= at_target
+    # Detection (the stored FCOS tuned for T = 32 with catching up): the target is met
+    # ("**met**"), the paper's network meets it only at a longer run, and at its target the
+    # tuned network spends more SOPs than the paper's there ("steps, not energy").
+    if "detection_catch_up_target_met" in r:
+        assert r["detection_catch_up_target_met"] == 1.0
+        assert r["detection_catch_up_bits_per_step"] == pytest.approx(math.log2(7))
+        assert r["detection_paper_first_T"] > 32
+        assert r["detection_catch_up_sops_ratio"] > 1
 
 
 def claims_07_segmentation(r: dict, p: dict) -> None:

@@ -17,7 +17,9 @@ With ``--target-timesteps T`` the network is tuned for T after calibration
 (:mod:`snnlite.latency`, the default parts) and the result is stored under ``"t<T>"`` in
 ``<model>_latency.json`` beside the paper pipeline's ``<model>.json``; with
 ``--spikes-per-step B`` (B > 1) too, its neurons send bursts of up to B spikes per step
-(log2(B + 1) bits per step, every spike counted in the SOPs), stored under ``"t<T>_b<B>"``.
+(log2(B + 1) bits per step, every spike counted in the SOPs), stored under ``"t<T>_b<B>"``;
+with ``--signed-spikes`` (and ``--catch-up B``) under ``"t<T>_signed"``
+(``"t<T>_signed_catch_up<B>"``).
 The same simulations count the SNN's synaptic operations (``record_spikes``); the stored
 result also holds the ANN's MACs, so that energy tables of the scene models
 (:mod:`snnlite.energy`) come from the stored numbers::
