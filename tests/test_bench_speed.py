@@ -1,6 +1,6 @@
 """The stored speed tables (bench/speed_zoo.* from bench/bench_simulate.py, bench/speed_224.*
-from bench/bench_224.py): their rendering, what they claim, and the profiler behind the
-224 px table's "where the time goes".
+from bench/bench_224.py, bench/neurons_224.* from bench/bench_neurons.py): their rendering,
+what they claim, and the profiler behind the 224 px table's "where the time goes".
 
 Speeds are not re-measured here: timings belong to bench/, as ratios taken in one run (a
 test run shares the machine with other tests, which would make them noise). What the suite
@@ -25,13 +25,15 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 speed_zoo = bench_script("bench_simulate")
 speed_224 = bench_script("bench_224")
 speed_gpu = bench_script("bench_gpu")
+speed_neurons = bench_script("bench_neurons")
 
 
 def stored(stem: str) -> dict:
     return json.loads((BENCH / f"{stem}.json").read_text())
 
 
-@pytest.mark.parametrize(("stem", "script"), [("speed_zoo", speed_zoo), ("speed_224", speed_224)])
+@pytest.mark.parametrize(("stem", "script"), [("speed_zoo", speed_zoo), ("speed_224", speed_224),
+                                             ("neurons_224", speed_neurons)])  # fmt: skip
 def test_the_stored_table_is_the_scripts_rendering_of_its_numbers(stem, script) -> None:
     table = stored(stem)
     assert table["command"].startswith(f"python bench/{Path(script.__file__).name}")
@@ -66,6 +68,26 @@ def test_224px_models_simulate_at_least_at_the_plain_dense_bound() -> None:
         assert "IFNeuron" in profile and "BatchNorm2d" not in profile  # BN folded away
 
 
+def test_each_neuron_option_is_priced_against_binary_spikes() -> None:
+    """bench/neurons_224.*: every option with its bits per step; in the same rounds each is
+    slower than binary spikes (it does more per step); catching up within 25% of the signed
+    neurons' time (the same fused kernel's loop, with divisions); bursts the slowest (they
+    run on torch operations: no fused kernel yet)."""
+    results = stored("neurons_224")["results"]
+    assert list(results) == list(speed_neurons.OPTIONS)
+    for label, result in results.items():
+        assert result["bits per step"] == speed_neurons.OPTIONS[label][1], label
+    assert results["binary"]["time / binary"] == 1.0
+    signed = results["signed"]["time / binary"]
+    for label, result in results.items():
+        if label != "binary":
+            assert result["time / binary"] > 1.0, label
+        if "catch-up" in label:
+            assert result["time / binary"] <= 1.25 * signed, label
+    slowest = max(results, key=lambda label: results[label]["time / binary"])
+    assert slowest == "bursts of 2"
+
+
 class Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -92,6 +114,22 @@ def test_the_profile_splits_one_run_by_layer_kind(photo_crops) -> None:
     assert all(ms > 0 for name, ms in profile.items() if name != "outside layers")
     hooks = nn.modules.module._global_forward_hooks
     assert not hooks  # removed after the run
+
+
+def test_switching_a_neuron_option_simulates_what_convert_builds(photo_crops) -> None:
+    """The neuron bench converts once and switches each option on a copy: the same readout,
+    bit for bit, as ``convert(..., **options)`` from the same calibration."""
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    calibration, x = [photo_crops[:8]], photo_crops[8:12]
+    binary = snnlite.convert(model, calibration, iterations=2, progress=False)
+    for label, (options, _bits) in speed_neurons.OPTIONS.items():
+        built = snnlite.convert(model, calibration, iterations=2, progress=False, **options)
+        switched = speed_neurons.with_neuron(binary, options)
+        assert binary.spikes_per_step == 1 and not binary.signed_spikes  # left as it was
+        want, got = built.simulate(x, [4, 8]), switched.simulate(x, [4, 8])
+        for T in (4, 8):
+            assert torch.equal(got[T], want[T]), (label, T)
 
 
 def test_the_gpu_bench_runs_end_to_end_on_a_cpu(monkeypatch) -> None:
