@@ -15,10 +15,10 @@ within each round (``bench_simulate.timings``):
 It reports image-steps per second (best round), each option's time against binary spikes
 (median over rounds of the ratio within a round: above 1, slower), and from the quickest of
 three more runs of each, milliseconds per image-step in the neurons (``IFNeuron``, timed
-with torch's module hooks, ``bench_224.time_per_kind``) and in everything else. Bursts run
-on torch operations; the other options on fused numba kernels. Written by::
+with torch's module hooks, ``bench_224.time_per_kind``) and in everything else. Every
+option runs on a fused numba kernel (:mod:`snnlite.kernels`). Written by::
 
-    python bench/bench_neurons.py                   # 4 crops, T = 32, 7 rounds, 1 thread
+    python bench/bench_neurons.py                   # 4 crops, T = 32, 11 rounds, 1 thread
 
 into ``bench/neurons_224.json`` and ``bench/neurons_224.md``, headed by the command
 (``--no-write`` to print only).
@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=4, help="crops simulated together")
     parser.add_argument("--timesteps", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
+    parser.add_argument("--repeats", type=int, default=11, help="timed rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()

@@ -139,6 +139,34 @@ if numba is not None:
                              spikes[t, start:stop])  # fmt: skip
 
     @numba.njit(inline="always")
+    def _burst_step(u, value, level, zero, cap, current, spike):  # pragma: no cover
+        """One step of a block of burst neurons: integrate, fire ``n = clip(floor(u / level),
+        0, B)`` spikes of ``value`` (theta / B; ``level`` is inf where silent), reset by
+        subtracting them; see :func:`snnlite.neurons.burst_integrate_and_fire`."""
+        for k in range(u.shape[0]):
+            v = u[k] + current[k]
+            count = min(max(np.floor(v / level[k]), zero), cap)
+            s = count * value[k]
+            spike[k] = s
+            u[k] = v - spike[k]  # the spike as stored, in the membrane's dtype
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _burst_chunk(currents, constant, membrane, value, level, limit, spikes):  # pragma: no cover
+        """``_if_chunk`` for burst neurons of up to ``limit`` spikes per step."""
+        steps, size = spikes.shape
+        period = value.shape[0]
+        per_sample = (period + BLOCK - 1) // BLOCK
+        zero = np.zeros(1, dtype=membrane.dtype)[0]
+        cap = zero + limit
+        for b in numba.prange(size // period * per_sample):
+            lo, hi, start, stop = _block(b, per_sample, period)
+            u = membrane[start:stop]
+            for t in range(steps):
+                row = 0 if constant else t
+                _burst_step(u, value[lo:hi], level[lo:hi], zero, cap, currents[row, start:stop],
+                            spikes[t, start:stop])  # fmt: skip
+
+    @numba.njit(inline="always")
     def _catch_up_step(
         u, sent, value, level, zero, limit, elapsed, current, spike
     ):  # pragma: no cover
@@ -364,6 +392,34 @@ def signed_integrate_and_fire_cpu(
         _catch_up_chunk(*arrays, catch_up, done, _flat_over_time(spikes, membrane).numpy())
     else:
         _signed_chunk(*arrays, _flat_over_time(spikes, membrane).numpy())
+    return spikes
+
+
+def burst_integrate_and_fire_cpu(
+    currents: Tensor,
+    membrane: Tensor,
+    threshold: Tensor,
+    levels: int,
+    steps: int,
+    constant: bool,
+    maps: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Fused chunk of burst neurons (up to ``levels`` spikes of theta / B per step): the
+    contract of :func:`snnlite.neurons.burst_integrate_and_fire`. ``maps``: :func:`spike_maps`
+    of ``threshold / levels`` (the spike and its firing level). ``membrane`` is updated in
+    place; returns spikes (steps, N, ...) in its memory format."""
+    value, level = spike_maps(threshold / levels, membrane) if maps is None else maps
+    spikes = empty_over_time(membrane, steps)
+    match_torch_threads()
+    _burst_chunk(
+        _flat_currents(currents, membrane, constant).numpy(),
+        constant,
+        _flat_in_memory_order(membrane).numpy(),
+        value.numpy(),
+        level.numpy(),
+        levels,
+        _flat_over_time(spikes, membrane).numpy(),
+    )
     return spikes
 
 

@@ -199,6 +199,8 @@ def burst_integrate_and_fire(
     threshold: Tensor,
     levels: int,
     steps: int | None = None,
+    backend: str = "auto",
+    maps: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The IF neuron that may fire up to ``levels`` (B) spikes of ``theta / B`` per step.
 
@@ -209,17 +211,34 @@ def burst_integrate_and_fire(
     spikes in T steps (clipped to ``[0, B T]``): the binary neuron's rate over B T steps,
     ``rate(z, theta, B * T)``, reached in T steps. Every one of the n spikes counts as an
     event (the runner counts ``n`` per position), so its synaptic operations are those of
-    the spikes it sends. The torch path only (no fused kernel); ``levels=1`` is the binary
-    neuron (same spikes as :func:`integrate_and_fire`, which the network uses for it).
+    the spikes it sends. ``levels=1`` is the binary neuron (same spikes as
+    :func:`integrate_and_fire`, which the network uses for it).
 
-    Args and shapes as :func:`integrate_and_fire`. Returns spikes (steps, N, ...) with values
-    in ``{0, theta / B, ..., theta}`` and the updated membrane.
+    Args and shapes as :func:`integrate_and_fire`; ``backend`` as there, the fused kernel
+    being :func:`snnlite.kernels.burst_integrate_and_fire_cpu` (bit for bit the torch loop
+    below), ``maps`` its :func:`snnlite.kernels.spike_maps` of ``threshold / levels``.
+    Returns spikes (steps, N, ...) with values in ``{0, theta / B, ..., theta}`` and the
+    updated membrane.
     """
     levels = check_spikes_per_step(levels)
     constant = steps is not None and currents.dim() == membrane.dim()
     if not constant:
         steps = currents.shape[0]
     assert steps is not None
+    if backend not in ("auto", "torch", "fused"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
+    fusable = (
+        kernels.available(membrane)
+        and currents.dtype == membrane.dtype
+        and threshold.dim() < membrane.dim()  # one threshold map per sample, not per batch
+    )
+    if backend != "torch" and fusable:
+        spikes = kernels.burst_integrate_and_fire_cpu(
+            currents, membrane, threshold, levels, steps, constant, maps
+        )
+        return spikes, membrane
+    if backend == "fused":
+        raise RuntimeError("the fused burst kernel needs numba and CPU float tensors")
     quantum = threshold / levels
     # Silent neurons (theta = 0) get an infinite firing level so they never fire.
     level = torch.where(threshold > 0, quantum, torch.full_like(quantum, math.inf))
@@ -533,8 +552,11 @@ class IFNeuron(nn.Module):
             if self.charge is not None:
                 start = start + broadcast_threshold(self.charge.to(current.dtype), current.dim())
             one = start.expand(1, *sample).contiguous(memory_format=layout)  # (1, ...)
-            fused = kernels.available(one) and self.spikes_per_step == 1  # binary or signed
-            self._start = (key, one, kernels.spike_maps(theta, one) if fused else None)
+            # For the fused kernels, the spike and its firing level: theta (binary, signed)
+            # or theta / B (bursts).
+            fused = kernels.available(one)
+            maps = kernels.spike_maps(theta / self.spikes_per_step, one) if fused else None
+            self._start = (key, one, maps)
         _, one, self.maps = self._start
         membrane = torch.empty((batch, *sample), dtype=one.dtype, device=one.device,
                                memory_format=layout)  # fmt: skip
@@ -560,7 +582,7 @@ class IFNeuron(nn.Module):
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
         if burst > 1:
             spikes, self.membrane = burst_integrate_and_fire(
-                currents, self.membrane, theta, burst, steps
+                currents, self.membrane, theta, burst, steps, maps=self.maps
             )
         elif self.signed:
             assert self.sent is not None

@@ -17,6 +17,7 @@ from snnlite.export import ExportError, to_nir
 from snnlite.fold import FoldError, fold_thresholds
 from snnlite.graph import activation_sites
 from snnlite.neurons import burst_integrate_and_fire, integrate_and_fire, rate
+from tests.helpers import per_step_layout
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3, 4])
@@ -163,3 +164,32 @@ def test_a_pool_of_burst_spikes_counts_every_spike_it_passes(max_pool: str) -> N
     for name in burst.events:
         assert float(burst.events[name].sum()) == float(binary.events[name].sum()) > 0, name
     assert burst.sops_at([T])[T] == pytest.approx(binary.sops_at([2 * T])[2 * T])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("constant", [False, True])
+def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(dtype, channels_last, constant) -> None:
+    """Over two chunks, with currents of up to several spikes per step and a silent channel."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(2)
+    currents = torch.randn(20, 3, 5, 7, 6, generator=g, dtype=dtype) * 1.5
+    currents = per_step_layout(currents, channels_last)
+    theta = torch.rand(5, generator=g, dtype=dtype).view(5, 1, 1)
+    theta[1] = 0  # a silent channel
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    results = []
+    for backend in ("torch", "fused"):
+        membrane = (theta / 6).expand(3, 5, 7, 6).contiguous(memory_format=layout)
+        chunks = []
+        for chunk in (currents[:8], currents[8:]):
+            current = chunk[0] if constant else chunk
+            spikes, _ = burst_integrate_and_fire(current, membrane, theta, 3, chunk.shape[0],
+                                                 backend=backend)  # fmt: skip
+            chunks.append(spikes)
+        results.append((torch.cat(chunks), membrane))
+    for torch_value, fused_value in zip(*results, strict=True):
+        assert torch.equal(torch_value, fused_value)
+    counts = results[0][0] / (theta / 3).clamp(min=1e-9)
+    assert counts.round().max() == 3  # full bursts did happen
+    assert not results[0][0][:, :, 1].any()  # the silent channel never fires
