@@ -85,6 +85,24 @@ def rate(z: Tensor, threshold: Tensor | float, timesteps: int) -> Tensor:
     return torch.where(theta > 0, theta * spikes / timesteps, torch.zeros_like(spikes))
 
 
+def _use_fused_kernel(
+    backend: str, currents: Tensor, membrane: Tensor, threshold: Tensor, *state: Tensor
+) -> bool:
+    """Whether a neuron function runs its fused CPU kernel (:mod:`snnlite.kernels`):
+    ``"auto"`` where one can (numba, CPU float tensors of the membrane's dtype, one threshold
+    map per sample), ``"fused"`` only there (else an error), ``"torch"`` never."""
+    if backend not in ("auto", "torch", "fused"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
+    fusable = (
+        kernels.available(membrane)
+        and all(x.dtype == membrane.dtype for x in (currents, *state))
+        and threshold.dim() < membrane.dim()  # one threshold map per sample, not per batch
+    )
+    if backend == "fused" and not fusable:
+        raise RuntimeError("the fused neuron kernels need numba and CPU float tensors")
+    return backend != "torch" and fusable
+
+
 def integrate_and_fire(
     currents: Tensor,
     membrane: Tensor,
@@ -121,20 +139,11 @@ def integrate_and_fire(
     if not constant:
         steps = currents.shape[0]
     assert steps is not None
-    if backend not in ("auto", "torch", "fused"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
-    fusable = (
-        kernels.available(membrane)
-        and currents.dtype == membrane.dtype
-        and threshold.dim() < membrane.dim()  # one threshold map per sample, not per batch
-    )
-    if backend != "torch" and fusable:
+    if _use_fused_kernel(backend, currents, membrane, threshold):
         spikes = kernels.integrate_and_fire_cpu(
             currents, membrane, threshold, steps, constant, in_place, maps
         )
         return spikes, membrane
-    if backend == "fused":
-        raise RuntimeError("the fused IF kernel needs numba and CPU float tensors")
     return integrate_and_fire_torch(currents, membrane, threshold, steps, constant, in_place)
 
 
@@ -225,20 +234,11 @@ def burst_integrate_and_fire(
     if not constant:
         steps = currents.shape[0]
     assert steps is not None
-    if backend not in ("auto", "torch", "fused"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
-    fusable = (
-        kernels.available(membrane)
-        and currents.dtype == membrane.dtype
-        and threshold.dim() < membrane.dim()  # one threshold map per sample, not per batch
-    )
-    if backend != "torch" and fusable:
+    if _use_fused_kernel(backend, currents, membrane, threshold):
         spikes = kernels.burst_integrate_and_fire_cpu(
             currents, membrane, threshold, levels, steps, constant, maps
         )
         return spikes, membrane
-    if backend == "fused":
-        raise RuntimeError("the fused burst kernel needs numba and CPU float tensors")
     quantum = threshold / levels
     # Silent neurons (theta = 0) get an infinite firing level so they never fire.
     level = torch.where(threshold > 0, quantum, torch.full_like(quantum, math.inf))
@@ -299,23 +299,14 @@ def signed_integrate_and_fire(
     (N, ...): the net spikes so far, updated in place with the membrane. Returns spikes
     (steps, N, ...) with values in ``{-B theta, ..., B theta}`` and the updated membrane.
     """
-    if backend not in ("auto", "torch", "fused"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'fused', got {backend!r}")
     constant = steps is not None and currents.dim() == membrane.dim()
-    fusable = (
-        kernels.available(membrane)
-        and currents.dtype == membrane.dtype == sent.dtype
-        and threshold.dim() < membrane.dim()
-    )
-    if backend != "torch" and fusable:
+    if _use_fused_kernel(backend, currents, membrane, threshold, sent):
         count = steps if constant else currents.shape[0]
         assert count is not None
         spikes = kernels.signed_integrate_and_fire_cpu(
             currents, membrane, sent, threshold, count, constant, maps, catch_up, done
         )
         return spikes, membrane
-    if backend == "fused":
-        raise RuntimeError("the fused IF kernel needs numba and CPU float tensors")
     return signed_integrate_and_fire_torch(
         currents, membrane, threshold, sent, steps, catch_up, done
     )
