@@ -207,11 +207,15 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def crops_run(
+    script: str, description: str, timesteps: int, repeats: int
+) -> tuple[argparse.Namespace, torch.Tensor, dict]:
+    """The command line of the 224 px benches (this one, ``bench_neurons.py``): its arguments
+    parsed, the threads set, the batch of crops and the stored table's heading."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--images", type=int, default=4, help="crops simulated together")
-    parser.add_argument("--timesteps", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
+    parser.add_argument("--timesteps", type=int, default=timesteps)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -219,13 +223,19 @@ def main() -> None:
     x = augmented_crops(args.images, seed=4)  # (N, 3, 224, 224)
     argv = [a for a in sys.argv[1:] if a != "--no-write"]
     table = {
-        "command": shlex.join(["python", "bench/bench_224.py", *argv]),
+        "command": shlex.join(["python", f"bench/{script}", *argv]),
         "images": args.images,
         "T": args.timesteps,
         "rounds": args.repeats,
         "machine": machine(),
         "results": {},
     }
+    return args, x, table
+
+
+def main() -> None:
+    description = __doc__.split("\n\n")[0]
+    args, x, table = crops_run("bench_224.py", description, timesteps=16, repeats=7)
     for name, model in models().items():
         table["results"][name] = measure(model, x, args.timesteps, args.repeats)
         print(name, table["results"][name], flush=True)

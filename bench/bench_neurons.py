@@ -26,15 +26,12 @@ into ``bench/neurons_224.json`` and ``bench/neurons_224.md``, headed by the comm
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import shlex
-import sys
 
 import torch
-from bench_224 import CALIBRATION_UPDATES, time_per_kind
-from bench_simulate import machine, ratio, store, timings
+from bench_224 import CALIBRATION_UPDATES, crops_run, time_per_kind
+from bench_simulate import ratio, store, timings
 
 import snnlite
 from snnlite import zoo
@@ -124,24 +121,9 @@ def markdown(table: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=4, help="crops simulated together")
-    parser.add_argument("--timesteps", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=11, help="timed rounds")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    x = augmented_crops(args.images, seed=4)  # (N, 3, 224, 224)
-    argv = [a for a in sys.argv[1:] if a != "--no-write"]
-    table = {
-        "command": shlex.join(["python", "bench/bench_neurons.py", *argv]),
-        "images": args.images,
-        "T": args.timesteps,
-        "rounds": args.repeats,
-        "machine": machine(),
-        "results": measure(x, args.timesteps, args.repeats),
-    }
+    description = __doc__.split("\n\n")[0]
+    args, x, table = crops_run("bench_neurons.py", description, timesteps=32, repeats=11)
+    table["results"] = measure(x, args.timesteps, args.repeats)
     store("neurons_224", table, markdown, write=not args.no_write)
 
 
