@@ -189,3 +189,14 @@ def per_step_layout(currents: torch.Tensor, channels_last: bool) -> torch.Tensor
     if not channels_last:
         return currents
     return torch.stack([c.contiguous(memory_format=torch.channels_last) for c in currents])
+
+
+# The scene models' targets (issue 11): segmentation within 1 mIoU point of its ANN at
+# T = 16, detection at least 94% of its ANN's mAP at T = 32.
+SEGMENTATION_POINTS = 0.01
+DETECTION_SHARE = 0.94
+
+
+def scene_metric(result: dict) -> str:
+    """A stored scene result's metric: "miou" (segmentation) or "map" (detection)."""
+    return "miou" if "ann_miou" in result else "map"

@@ -33,6 +33,7 @@ from snnlite.latency import tune_for_latency
 from snnlite.zoo import RESULTS_DIR
 from snnlite.zoo.dense_curves import headline
 from snnlite.zoo.latency_table import tuning_start
+from tests.helpers import DETECTION_SHARE, scene_metric
 
 # The targets: points below the ANN, each target's network at its own T, on the whole test
 # set, and the first test images each is measured on live (see the module's docstring).
@@ -42,7 +43,6 @@ MET_TARGETS = {
 }
 LIVE_IMAGES = {8: 1000, 16: 10000, 64: 5000}
 BELOW_PAPER_AT_64 = 0.003
-DETECTION_SHARE = 0.94  # the detection target: at least 94% of the ANN's mAP at T = 32
 # A live measurement on the whole test set against the stored table: equal on the machine
 # that wrote the table; on another CPU the convolutions sum in another order, and the tuning
 # can turn that into a few images (seen: 0.15 points on 2000 images).
@@ -205,11 +205,6 @@ def _tuned_scene_tables() -> list[tuple[str, str, dict, dict]]:
     return tables
 
 
-def _metric(result: dict) -> str:
-    """A stored scene result's metric: "miou" (segmentation) or "map" (detection)."""
-    return "miou" if "ann_miou" in result else "map"
-
-
 def test_tuned_scene_models_never_trail_the_paper_network_at_long_runs() -> None:
     """At T >= 64, on the same test scenes, no tuned scene model is more than 0.3 mIoU (or
     mAP) points below the paper's network (the classifiers' rule) with the automatic delay,
@@ -220,7 +215,7 @@ def test_tuned_scene_models_never_trail_the_paper_network_at_long_runs() -> None
     assert {name for name, *_ in tables} >= {"scenes_fcn", "scenes_deeplabv3", "scenes_fcos"}
     for name, key, tuned, paper in tables:
         assert tuned["test_scenes"] == paper["test_scenes"], name
-        metric = _metric(tuned)
+        metric = scene_metric(tuned)
         for delay in ("auto", "half") if metric == "miou" else ("auto",):
             for T, value in tuned[f"snn_{metric}_{delay}"].items():
                 if int(T) >= 64:
@@ -256,7 +251,7 @@ def test_the_books_chapter_shows_the_stored_scene_tables() -> None:
     book = json.loads(book_path.read_text())
     for name, key, tuned, paper in _tuned_scene_tables():
         T, prefix = str(tuned["target_timesteps"]), f"scene_{name.removeprefix('scenes_')}_{key}"
-        metric = _metric(tuned)
+        metric = scene_metric(tuned)
         assert book[f"{prefix}_ann_{metric}"] == headline(tuned[f"ann_{metric}"]), name
         assert book[f"{prefix}_tuned_{metric}"] == headline(tuned[f"snn_{metric}_auto"][T]), name
         assert book[f"{prefix}_paper_{metric}"] == headline(paper[f"snn_{metric}_auto"][T]), name

@@ -35,6 +35,7 @@ from snnlite import zoo
 from snnlite.zoo import RESULTS_DIR
 from snnlite.zoo.dense_curves import headline
 from snnlite.zoo.scene_eval import NUM_CLASSES
+from tests.helpers import DETECTION_SHARE, SEGMENTATION_POINTS, scene_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 ENERGY = ROOT / "bench" / "energy_tables.md"
@@ -43,8 +44,6 @@ ENERGY_SLICES = [("energy_tables.md", "fmnist_resnet"), ("energy_tables.md", "fm
                  ("energy_mobilenet.md", "mobilenet_v2_imagenet")]  # fmt: skip
 SCENE_MODELS = ("scenes_fcn", "scenes_deeplabv3", "scenes_retinanet", "scenes_fcos")
 SLICE_T = 16  # the first T of the scene models' stored curves
-SEGMENTATION_POINTS = 0.01  # the target: segmentation within 1 mIoU point of its ANN
-DETECTION_SHARE = 0.94  # the target: detection at least 94% of its ANN's mAP
 
 
 def _meets_target(metric: str, snn: float, ann: float) -> bool:
@@ -55,7 +54,7 @@ def _meets_target(metric: str, snn: float, ann: float) -> bool:
 
 def _first_t_on_target(stored: dict) -> int:
     """The first T of a stored scene curve (automatic delay) that meets its task's target."""
-    metric = "miou" if "ann_miou" in stored else "map"
+    metric = scene_metric(stored)
     ann = headline(stored[f"ann_{metric}"])
     curve = stored[f"snn_{metric}_auto"]
     return next(int(T) for T in curve if _meets_target(metric, headline(curve[T]), ann))
@@ -277,7 +276,7 @@ def test_a_tuned_scene_model_reproduces_from_its_command(name: str, key: str) ->
                     target_timesteps=target, spikes_per_step=burst, signed_spikes=signed,
                     catch_up=catch_up)  # fmt: skip
     fresh = json.loads(json.dumps(fresh))  # as stored: detection metrics are plain floats
-    metric = "miou" if "ann_miou" in stored else "map"
+    metric = scene_metric(stored)
     for field in (f"ann_{metric}", f"relux_{metric}", "delay_estimate", "delay_schedule"):
         assert fresh[field] == stored[field], (key, field)
     for field in (f"snn_{metric}_auto", f"snn_{metric}_half", "snn_sops"):
