@@ -115,7 +115,10 @@ def convert(
             always its input so far, rounded. Deep networks settle in far fewer steps; a
             step carries one of three values, log2(3) = 1.58 bits, and every spike of
             either sign is an event and costs its synaptic operations. A separate option,
-            like bursts (with which it does not combine).
+            like bursts. Both together: signed spikes of theta / B with memory, up to B per
+            step (times ``catch_up``), so a run of T steps rounds every activation to B T
+            levels; log2(2 B ``catch_up`` + 1) bits per step
+            (:attr:`SpikingNetwork.bits_per_step`).
         catch_up: with ``signed_spikes``, the most spikes a neuron may send (or take back)
             in one step: 1 (default), or B > 1 to **catch up** when its input came faster
             than theta per step, never more than t spikes in t steps (so the rate is still
@@ -145,7 +148,7 @@ def convert(
     if iterations is not None and (isinstance(iterations, bool) or iterations <= 0):
         raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
     spikes_per_step = check_spikes_per_step(spikes_per_step)
-    signed_spikes = check_signed_spikes(signed_spikes, spikes_per_step)
+    signed_spikes = check_signed_spikes(signed_spikes)
     catch_up = check_catch_up(catch_up, signed_spikes)
     if max_pool is not None and max_pool not in MAX_POOL_MODES:
         raise ValueError(f"max_pool must be one of {MAX_POOL_MODES} or None, got {max_pool!r}")

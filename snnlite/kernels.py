@@ -187,10 +187,10 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True, parallel=True)
     def _catch_up_chunk(
-        currents, constant, membrane, sent, value, level, limit, done, spikes
+        currents, constant, membrane, sent, value, level, limit, done, per_step, spikes
     ):  # pragma: no cover
-        """``_signed_chunk`` with up to ``limit`` spikes per step; ``done``: the steps
-        before this chunk."""
+        """``_signed_chunk`` with up to ``limit`` spikes per step and ``per_step`` spikes per
+        step on average at most; ``done``: the steps before this chunk."""
         steps, size = spikes.shape
         period = value.shape[0]
         per_sample = (period + BLOCK - 1) // BLOCK
@@ -204,7 +204,8 @@ if numba is not None:
                 row = 0 if constant else t
                 current = currents[row, start:stop]
                 _catch_up_step(u, n, value[lo:hi], level[lo:hi], zero, cap,
-                               zero + (done + t + 1), current, spikes[t, start:stop])  # fmt: skip
+                               zero + per_step * (done + t + 1), current,
+                               spikes[t, start:stop])  # fmt: skip
 
     @numba.njit(cache=True, nogil=True, parallel=True)
     def _gated_pool_chunk(x, sums, windows, out):  # pragma: no cover
@@ -373,11 +374,14 @@ def signed_integrate_and_fire_cpu(
     maps: tuple[Tensor, Tensor] | None = None,
     catch_up: int = 1,
     done: int = 0,
+    levels: int = 1,
 ) -> Tensor:
     """Fused chunk of signed neurons with memory: the contract of
     :func:`snnlite.neurons.signed_integrate_and_fire`. ``membrane`` and ``sent`` (N, ...),
-    in one memory format, are updated in place; returns spikes (steps, N, ...) in it."""
-    value, level = spike_maps(threshold, membrane) if maps is None else maps
+    in one memory format, are updated in place; returns spikes (steps, N, ...) in it.
+    ``maps``: :func:`spike_maps` of ``threshold / levels`` (the spike and its firing
+    level)."""
+    value, level = spike_maps(threshold / levels, membrane) if maps is None else maps
     spikes = empty_over_time(membrane, steps)
     match_torch_threads()
     arrays = (
@@ -388,8 +392,9 @@ def signed_integrate_and_fire_cpu(
         value.numpy(),
         level.numpy(),
     )
-    if catch_up > 1:
-        _catch_up_chunk(*arrays, catch_up, done, _flat_over_time(spikes, membrane).numpy())
+    if catch_up * levels > 1:
+        _catch_up_chunk(*arrays, catch_up * levels, done, levels,
+                        _flat_over_time(spikes, membrane).numpy())  # fmt: skip
     else:
         _signed_chunk(*arrays, _flat_over_time(spikes, membrane).numpy())
     return spikes

@@ -42,6 +42,7 @@ from snnlite.graph import ANALOG, activation_sites, is_site, site_name, site_nod
 from snnlite.neurons import (
     IFNeuron,
     QuantisedSite,
+    bits_per_step,
     broadcast_threshold,
     check_catch_up,
     check_signed_spikes,
@@ -159,8 +160,9 @@ class SpikingNetwork(nn.Module):
         # per step (snnlite.neurons.burst_integrate_and_fire): log2(B + 1) bits per step.
         self.spikes_per_step = check_spikes_per_step(spikes_per_step)
         # Signed spikes with memory (snnlite.neurons.signed_integrate_and_fire): a neuron
-        # may take back a spike it sent; three values per step, log2(3) bits.
-        self.signed_spikes = check_signed_spikes(signed_spikes, self.spikes_per_step)
+        # may take back a spike it sent; three values per step, log2(3) bits. With bursts
+        # (spikes_per_step S) its spikes are theta / S, up to S of them per step.
+        self.signed_spikes = check_signed_spikes(signed_spikes)
         # Signed neurons that may send up to B spikes in one step to catch up on their
         # input (snnlite.neurons.signed_integrate_and_fire): log2(2 B + 1) bits per step.
         self.catch_up = check_catch_up(catch_up, self.signed_spikes)
@@ -180,6 +182,12 @@ class SpikingNetwork(nn.Module):
         return MappingProxyType(
             OrderedDict((name, site.threshold) for name, site in activation_sites(self.ann).items())
         )
+
+    @property
+    def bits_per_step(self) -> float:
+        """What one neuron's output carries per step (:func:`snnlite.neurons.bits_per_step`):
+        1 for the paper's binary spikes."""
+        return bits_per_step(self.spikes_per_step, self.signed_spikes, self.catch_up)
 
     def relux(self) -> fx.GraphModule:
         """The calibrated clipped ANN (ReLU -> ``clip(z, 0, theta)``), a standalone copy."""
@@ -671,9 +679,9 @@ class _SourceRecord:
     def __init__(self, fanout: Tensor | None, neuron: bool, quantum: Tensor | None = None) -> None:
         self.fanout = fanout  # synapses per output position, one sample's shape
         self.neuron = neuron  # an IF neuron (its spikes are the site's spike counts)
-        # Burst spikes: the value of one spike, theta / B (scalar or (C,); 1 where silent);
+        # Burst spikes: the value of one spike, theta / S (scalar or (C,); 1 where silent);
         # an output position then sends round(|value| / quantum) events (signed neurons
-        # that catch up: quantum theta, up to B spikes of either sign).
+        # that catch up: spikes of either sign, several in one step).
         self.quantum = quantum
         self.events: list[Tensor] = []  # one (steps,) tensor per chunk
         self.sops: list[Tensor] = []
@@ -686,7 +694,7 @@ class _SourceRecord:
         per_step = output.view(steps, -1, *output.shape[1:])
         if self.quantum is None:  # binary spikes: one event per nonzero output
             counts = events_per_position(per_step)  # (steps, P)
-        else:  # bursts: n spikes of theta / B are n events (n theta if catching up)
+        else:  # bursts: n spikes of theta / S are n events (signed: of either sign)
             quantum = broadcast_threshold(self.quantum.to(output.dtype), per_step.dim() - 1)
             counts = torch.round(per_step.abs() / quantum).sum(1).flatten(1)
         self.events.append(counts.sum(1, dtype=torch.int64))
@@ -777,7 +785,7 @@ class _Runner:
     def _burst_quantum(self, node: fx.Node) -> Tensor | None:
         """The value of one spike of a burst source (a neuron, or a max pool that passes a
         neuron's spikes), as one sample's (C, 1, ...) or scalar; None for binary spikes
-        (and signed ones, one per step)."""
+        (and signed ones of theta, one per step)."""
         if self.spikes_per_step == 1 and self.catch_up == 1:
             return None
         module = self.temporal[node]
@@ -791,7 +799,7 @@ class _Runner:
                 )
         theta = module.threshold
         quantum = torch.where(theta > 0, theta / self.spikes_per_step, torch.ones_like(theta))
-        return quantum  # spikes_per_step is 1 when catching up: quantum theta
+        return quantum
 
     def _time_varying(self) -> set[fx.Node]:
         """Nodes whose value changes from step to step: neurons and everything downstream."""

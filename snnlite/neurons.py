@@ -14,6 +14,8 @@
   (log2 3 = 1.58 bits), the binary neuron's rate under a constant current. With
   ``catch_up=B`` it may send up to B such spikes in one step when its input came faster
   than theta per step, never more than t spikes in t steps (log2(2 B + 1) bits per step).
+  With ``spikes_per_step=S`` too, its spikes are theta / S, up to S B per step (S T levels
+  in T steps; log2(2 S B + 1) bits per step, :func:`bits_per_step`).
 
 The spike condition is ``v >= theta`` everywhere (neuron, ``rate``), so ``rate`` matches the
 neuron exactly: a constant current ``z`` gives ``floor(z * T / theta + 1/2)`` spikes in T steps.
@@ -42,6 +44,7 @@ __all__ = [
     "IFNeuron",
     "QuantisedSite",
     "broadcast_threshold",
+    "bits_per_step",
     "burst_integrate_and_fire",
     "check_catch_up",
     "check_signed_spikes",
@@ -176,15 +179,10 @@ def check_spikes_per_step(value: object) -> int:
     return value
 
 
-def check_signed_spikes(value: object, spikes_per_step: int = 1) -> bool:
-    """Whether neurons send signed spikes: a bool, and only with binary spikes (no bursts)."""
+def check_signed_spikes(value: object) -> bool:
+    """Whether neurons send signed spikes: a bool."""
     if not isinstance(value, bool):
         raise ValueError(f"signed_spikes must be True or False, got {value!r}")
-    if value and spikes_per_step != 1:
-        raise ValueError(
-            f"signed_spikes=True sends one spike of +-theta per step; it does not combine "
-            f"with bursts (spikes_per_step={spikes_per_step})"
-        )
     return value
 
 
@@ -200,6 +198,21 @@ def check_catch_up(value: object, signed_spikes: bool) -> int:
             "needs signed_spikes=True"
         )
     return value
+
+
+def bits_per_step(spikes_per_step: int = 1, signed_spikes: bool = False,
+                  catch_up: int = 1) -> float:  # fmt: skip
+    """What one neuron's output carries per step, in bits: log2 of the values it can take.
+
+    Binary spikes: 2 values, 1 bit. Bursts of up to S spikes: S + 1 values. Signed spikes of
+    theta / S, up to S B sent or taken back in one step: 2 S B + 1 values (three for the
+    signed neuron with one spike per step, log2 3 = 1.58 bits). Stated wherever a T of such
+    a network is compared with a T of binary spikes: T steps of b bits carry what b T
+    binary steps could at most.
+    """
+    if signed_spikes:
+        return math.log2(2 * spikes_per_step * catch_up + 1)
+    return math.log2(spikes_per_step + 1)
 
 
 def burst_integrate_and_fire(
@@ -261,6 +274,7 @@ def signed_integrate_and_fire(
     maps: tuple[Tensor, Tensor] | None = None,
     catch_up: int = 1,
     done: int = 0,
+    levels: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """The IF neuron with signed spikes and memory: it can take back a spike it sent.
 
@@ -294,21 +308,30 @@ def signed_integrate_and_fire(
     2 B + 1 values, log2(2 B + 1) bits; each of the n spikes is an event. B = 1 is the
     neuron above, bit for bit. ``done``: the steps this neuron ran before this chunk.
 
+    **Finer spikes** (``levels`` = S > 1, ``spikes_per_step`` of the network): spikes of
+    ``theta / S``, the burst neuron's (:func:`burst_integrate_and_fire`), with the same
+    memory: up to ``S B`` of them sent or taken back in one step, never more than ``S t``
+    in t steps (the rate is still clipped at theta), ``u(0) = theta / (2 S)``. Its spikes so
+    far are then its input so far rounded to ``theta / S``: a network read out at T
+    computes the quantised ANN of ``S T`` levels. A step carries one of ``2 S B + 1``
+    values, log2(2 S B + 1) bits.
+
     Args and shapes as :func:`integrate_and_fire` (``backend``: the fused CPU kernel of
     :mod:`snnlite.kernels`, same spikes bit for bit, or this torch loop), plus ``sent``
     (N, ...): the net spikes so far, updated in place with the membrane. Returns spikes
     (steps, N, ...) with values in ``{-B theta, ..., B theta}`` and the updated membrane.
     """
+    levels = check_spikes_per_step(levels)
     constant = steps is not None and currents.dim() == membrane.dim()
     if _use_fused_kernel(backend, currents, membrane, threshold, sent):
         count = steps if constant else currents.shape[0]
         assert count is not None
         spikes = kernels.signed_integrate_and_fire_cpu(
-            currents, membrane, sent, threshold, count, constant, maps, catch_up, done
+            currents, membrane, sent, threshold, count, constant, maps, catch_up, done, levels
         )
         return spikes, membrane
     return signed_integrate_and_fire_torch(
-        currents, membrane, threshold, sent, steps, catch_up, done
+        currents, membrane, threshold, sent, steps, catch_up, done, levels
     )
 
 
@@ -320,6 +343,7 @@ def signed_integrate_and_fire_torch(
     steps: int | None = None,
     catch_up: int = 1,
     done: int = 0,
+    levels: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """The signed chunk as plain torch ops, one step at a time (the reference; runs
     anywhere). Arguments as :func:`signed_integrate_and_fire`."""
@@ -327,21 +351,23 @@ def signed_integrate_and_fire_torch(
     if not constant:
         steps = currents.shape[0]
     assert steps is not None
-    fire_level = torch.where(threshold > 0, threshold, torch.full_like(threshold, math.inf))
+    quantum = threshold / levels  # the spike: theta, or theta / S with finer spikes
+    fire_level = torch.where(threshold > 0, quantum, torch.full_like(quantum, math.inf))
     spikes = empty_over_time(membrane, steps)
-    if catch_up > 1:
+    limit = catch_up * levels  # spikes of theta / S in one step
+    if limit > 1:
         for t in range(steps):
             membrane.add_(currents if constant else currents[t])  # integrate
-            # Up: floor(u / theta) spikes (none below theta; silent neurons: u / inf = 0),
-            # at most B, and never more than t in t steps. Down: ceil(-u / theta) taken
-            # back below 0, at most B and at most what was sent.
-            up = torch.floor(membrane / fire_level).clamp_(0, catch_up)
-            up = torch.minimum(up, done + t + 1 - sent)
-            down = torch.ceil(-membrane / fire_level).clamp_(0, catch_up)
+            # Up: floor(u / q) spikes of q (none below q; silent neurons: u / inf = 0), at
+            # most S B, and never more than S t in t steps. Down: ceil(-u / q) taken back
+            # below 0, at most S B and at most what was sent.
+            up = torch.floor(membrane / fire_level).clamp_(0, limit)
+            up = torch.minimum(up, levels * (done + t + 1) - sent)
+            down = torch.ceil(-membrane / fire_level).clamp_(0, limit)
             down = torch.minimum(down, sent) * torch.lt(membrane, 0)
             count = up - down
             sent.add_(count)
-            torch.mul(count, threshold, out=spikes[t])
+            torch.mul(count, quantum, out=spikes[t])
             membrane.sub_(spikes[t])
         return spikes, membrane
     for t in range(steps):
@@ -486,7 +512,8 @@ class IFNeuron(nn.Module):
     (:func:`burst_integrate_and_fire`): up to B spikes of theta / B per step, ``u(0) =
     theta / (2 B)``. With ``signed`` it is the neuron with signed spikes and memory
     (:func:`signed_integrate_and_fire`), whose memory ``sent`` persists with the membrane;
-    ``catch_up`` B > 1 lets it send up to B of them in one step.
+    ``catch_up`` B > 1 lets it send up to B of them in one step; with ``spikes_per_step`` S
+    as well, its spikes are theta / S, up to S B per step.
     """
 
     def __init__(
@@ -502,8 +529,8 @@ class IFNeuron(nn.Module):
         super().__init__()
         if spikes_per_step > 1 and unit:
             raise ValueError("unit (folded) spikes are binary: spikes_per_step must be 1")
-        if signed and (unit or spikes_per_step > 1):
-            raise ValueError("signed spikes are neither unit (folded) spikes nor bursts")
+        if signed and unit:
+            raise ValueError("signed spikes are not unit (folded) spikes")
         self.unit = unit
         self.spikes_per_step = spikes_per_step
         self.signed = signed
@@ -571,16 +598,16 @@ class IFNeuron(nn.Module):
             current = current + broadcast_threshold(self.bias.to(current.dtype), current.dim())
             in_place = True  # that new tensor is this neuron's own
         currents = current if constant else current.view(steps, batch, *current.shape[1:])
-        if burst > 1:
-            spikes, self.membrane = burst_integrate_and_fire(
-                currents, self.membrane, theta, burst, steps, maps=self.maps
-            )
-        elif self.signed:
+        if self.signed:
             assert self.sent is not None
             spikes, self.membrane = signed_integrate_and_fire(
                 currents, self.membrane, theta, self.sent, steps, maps=self.maps,
-                catch_up=self.catch_up, done=self.steps_done,
+                catch_up=self.catch_up, done=self.steps_done, levels=burst,
             )  # fmt: skip
+        elif burst > 1:
+            spikes, self.membrane = burst_integrate_and_fire(
+                currents, self.membrane, theta, burst, steps, maps=self.maps
+            )
         else:
             spikes, self.membrane = integrate_and_fire(
                 currents, self.membrane, theta, steps, in_place=in_place, maps=self.maps

@@ -175,12 +175,13 @@ def book_results(name: str) -> dict:
 
 
 def signed_start(
-    theta: torch.Tensor, shape: tuple[int, ...], channels_last: bool = False
+    theta: torch.Tensor, shape: tuple[int, ...], channels_last: bool = False, levels: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A signed neuron's state at t = 0: the membrane at theta / 2 and nothing sent, in the
-    layout the kernels read (channels-last when asked)."""
+    """A signed neuron's state at t = 0: the membrane at half a spike (theta / 2, or
+    theta / 2 S for spikes of theta / S) and nothing sent, in the layout the kernels read
+    (channels-last when asked)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    membrane = (theta / 2).expand(shape).contiguous(memory_format=layout)
+    membrane = (theta / (2 * levels)).expand(shape).contiguous(memory_format=layout)
     return membrane, torch.zeros_like(membrane)
 
 

@@ -145,12 +145,6 @@ def test_signed_spikes_must_be_a_bool(images, bad) -> None:
         snnlite.convert(_deep(), [images], iterations=1, progress=False, signed_spikes=bad)
 
 
-def test_signed_spikes_do_not_combine_with_bursts(images) -> None:
-    with pytest.raises(ValueError, match="bursts"):
-        snnlite.convert(_deep(), [images], iterations=1, progress=False, signed_spikes=True,
-                        spikes_per_step=2)  # fmt: skip
-
-
 def test_folding_and_export_refuse_signed_spikes(images) -> None:
     snn = snnlite.convert(_deep(), [images], iterations=4, progress=False, signed_spikes=True)
     before = {name: theta.clone() for name, theta in snn.thresholds.items()}

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -39,6 +38,7 @@ import time
 import torch
 
 from snnlite import energy
+from snnlite.neurons import bits_per_step
 from snnlite.zoo.registry import RESULTS_DIR, info, list_models, load, snn_accuracy
 from snnlite.zoo.scene_eval import (
     TRAIN_SCENES,
@@ -93,13 +93,12 @@ def measure(
         result["target_timesteps"] = target_timesteps
     if spikes_per_step > 1:
         result["spikes_per_step"] = spikes_per_step
-        result["bits_per_step"] = math.log2(spikes_per_step + 1)
     if signed_spikes:
         result["signed_spikes"] = True
-        result["bits_per_step"] = math.log2(3)
     if catch_up > 1:
         result["catch_up"] = catch_up
-        result["bits_per_step"] = math.log2(2 * catch_up + 1)
+    if spikes_per_step > 1 or signed_spikes:  # binary results (1 bit per step) have no key
+        result["bits_per_step"] = bits_per_step(spikes_per_step, signed_spikes, catch_up)
     converted = convert_scene_model(model, entry["task"], calibration, progress=progress,
                                     target_timesteps=target_timesteps,
                                     spikes_per_step=spikes_per_step,

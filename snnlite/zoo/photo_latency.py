@@ -17,7 +17,11 @@ spike back; three values per step, log2 3 = 1.58 bits, every spike of either sig
 the synaptic operations) and the table goes to ``mobilenet_v2_imagenet_latency_signed.json``.
 With ``--signed-spikes --catch-up B`` a neuron may also send (or take back) up to B spikes in
 one step when its input came faster than one threshold per step (log2(2 B + 1) bits per
-step, each spike counted): ``mobilenet_v2_imagenet_latency_signed_catch_up<B>.json``.
+step, each spike counted): ``mobilenet_v2_imagenet_latency_signed_catch_up<B>.json``. With
+``--spikes-per-step S`` as well, the signed spikes are finer, theta / S, up to S B of them
+in one step (log2(2 S B + 1) bits; a network read out at T rounds every activation to S T
+levels, as a binary network would need S T steps for):
+``mobilenet_v2_imagenet_latency_signed_b<S>_catch_up<B>.json``.
 
 The result goes to ``snnlite/zoo/results/mobilenet_v2_imagenet_latency.json``, with each
 test crop's class (from the ANN, the clipped ANN and the SNN at each T) so that a slice can
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 
 import torch
@@ -94,12 +97,13 @@ def measure(
     signed_spikes: bool = False,
     keep: dict | None = None,
     catch_up: int = 1,
+    spikes_per_step: int = 1,
 ) -> dict:
     """The table: the paper's network and one tuned network per target, as agreement with
     the ANN on ``test_crops`` crops. ``model``: the network to convert (default: the zoo's
     MobileNetV2 with its ImageNet weights; tests pass a small one). ``signed_spikes``: every
     network sends signed spikes with memory (:func:`snnlite.convert`), up to ``catch_up``
-    of them in one step. ``keep``: a dict that
+    of them in one step, of theta / ``spikes_per_step``. ``keep``: a dict that
     receives the paper's network, the test crops and the ANN's classes (for tests that
     score the same network another way)."""
     model = load(MODEL) if model is None else model
@@ -110,7 +114,7 @@ def measure(
     start = time.perf_counter()
     paper = snnlite.convert(model, list(calibration.split(batch)), iterations=updates,
                             signed_spikes=signed_spikes, catch_up=catch_up,
-                            progress=False)  # fmt: skip
+                            spikes_per_step=spikes_per_step, progress=False)  # fmt: skip
     ltb_seconds = time.perf_counter() - start
     if keep is not None:
         keep.update(paper=paper, test=test, reference=reference)
@@ -128,9 +132,11 @@ def measure(
         "targets": {},
     }
     if signed_spikes:  # binary tables (one bit per step) have neither key
-        table.update(signed_spikes=True, bits_per_step=math.log2(3))
-    if catch_up > 1:  # 2 B + 1 values per step
-        table.update(catch_up=catch_up, bits_per_step=math.log2(2 * catch_up + 1))
+        table.update(signed_spikes=True, bits_per_step=paper.bits_per_step)
+    if catch_up > 1:  # 2 S B + 1 values per step
+        table.update(catch_up=catch_up)
+    if spikes_per_step > 1:
+        table.update(spikes_per_step=spikes_per_step)
     print(f"paper   {_row(table['paper'], timesteps)}", flush=True)
     for target in targets:
         snn = copy.deepcopy(paper)
@@ -165,24 +171,29 @@ def main() -> None:
                         help="signed spikes with memory (1.58 bits per step)")  # fmt: skip
     parser.add_argument("--catch-up", type=int, default=1,
                         help="with --signed-spikes: up to this many spikes per step")  # fmt: skip
+    parser.add_argument("--spikes-per-step", type=int, default=1,
+                        help="with --signed-spikes: spikes of theta / S")  # fmt: skip
     args = parser.parse_args()
-    if args.catch_up != 1 and not args.signed_spikes:
-        parser.error("--catch-up needs --signed-spikes")
+    if (args.catch_up != 1 or args.spikes_per_step != 1) and not args.signed_spikes:
+        parser.error("--catch-up and --spikes-per-step need --signed-spikes")
     timesteps = tuple(int(t) for t in args.timesteps.split(","))
     targets = tuple(int(t) for t in args.targets.split(","))
     torch.manual_seed(0)
     table = measure(args.calibration_crops, args.test_crops, args.updates, args.size,
                     args.batch, timesteps, targets, signed_spikes=args.signed_spikes,
-                    catch_up=args.catch_up)  # fmt: skip
+                    catch_up=args.catch_up, spikes_per_step=args.spikes_per_step)  # fmt: skip
     table["command"] = (
         f"python -m snnlite.zoo.photo_latency --calibration-crops {args.calibration_crops} "
         f"--test-crops {args.test_crops} --updates {args.updates} --size {args.size} "
         f"--batch {args.batch} --timesteps {args.timesteps} --targets {args.targets}"
         + (" --signed-spikes" if args.signed_spikes else "")
         + (f" --catch-up {args.catch_up}" if args.catch_up != 1 else "")
+        + (f" --spikes-per-step {args.spikes_per_step}" if args.spikes_per_step != 1 else "")
     )
-    suffix = ("_signed" if args.signed_spikes else "") + (
-        f"_catch_up{args.catch_up}" if args.catch_up != 1 else ""
+    suffix = (
+        ("_signed" if args.signed_spikes else "")
+        + (f"_b{args.spikes_per_step}" if args.spikes_per_step != 1 else "")
+        + (f"_catch_up{args.catch_up}" if args.catch_up != 1 else "")
     )
     write_result(f"{MODEL}_latency{suffix}.json", table)
 
