@@ -187,7 +187,7 @@ def _conversion_flags() -> argparse.ArgumentParser:
         "--spikes-per-step", type=_positive, default=1, metavar="B",
         help="burst neurons: up to B spikes of theta / B per step, log2(B + 1) bits, every "
         "spike counted in the SOPs (an option beside the paper's binary spikes; book "
-        "chapter 6); default: %(default)s",
+        "chapter 6); with --signed-spikes: signed spikes of theta / B; default: %(default)s",
     )  # fmt: skip
     group.add_argument(
         "--signed-spikes", action="store_true",

@@ -15,6 +15,10 @@ from that run, with its synaptic operations per image::
 With ``--signed-spikes`` every network sends signed spikes with memory (a neuron may take a
 spike back; three values per step, log2 3 = 1.58 bits, every spike of either sign counted in
 the synaptic operations) and the table goes to ``mobilenet_v2_imagenet_latency_signed.json``.
+Signed networks are also scored through their quantised ANN at each T
+(``quantised_agreement``: :meth:`snnlite.SpikingNetwork.quantised_ann`, what the network
+computes read out at T with no delay when nothing lags), the ceiling that rounding to T
+stairs leaves them.
 With ``--signed-spikes --catch-up B`` a neuron may also send (or take back) up to B spikes in
 one step when its input came faster than one threshold per step (log2(2 B + 1) bits per
 step, each spike counted): ``mobilenet_v2_imagenet_latency_signed_catch_up<B>.json``. With
@@ -75,7 +79,7 @@ def agreement(snn: snnlite.SpikingNetwork, crops: Tensor, reference: Tensor,
     def share(top1: Tensor) -> float:  # of the crops whose class is the ANN's
         return int((top1 == reference).sum()) / len(crops)
 
-    return {
+    entry = {
         "delays": {str(T): snn.auto_delay(T) for T in timesteps},
         "relux_agreement": share(relux_top1),
         "relux_top1": relux_top1.tolist(),
@@ -83,6 +87,17 @@ def agreement(snn: snnlite.SpikingNetwork, crops: Tensor, reference: Tensor,
         "sops_per_image": {str(T): sops[T] / len(crops) for T in timesteps},
         "top1": {str(T): classes[T] for T in timesteps},
     }
+    if snn.signed_spikes:  # the lag-free ceiling at each T: what is left is lag
+        quantised = {T: _top1(_in_batches(snn.quantised_ann(T), crops, batch_size))
+                     for T in timesteps}  # fmt: skip
+        entry["quantised_agreement"] = {str(T): share(q) for T, q in quantised.items()}
+        entry["quantised_top1"] = {str(T): q.tolist() for T, q in quantised.items()}
+    return entry
+
+
+@torch.no_grad()
+def _in_batches(network: nn.Module, crops: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([network(x) for x in crops.split(batch_size)])
 
 
 def measure(
