@@ -62,8 +62,12 @@ def test_one_spike_per_step_is_the_signed_neuron() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("constant", [False, True])
-def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(dtype, channels_last, constant) -> None:
-    """Chunk by chunk (the steps before a chunk cap its spikes), silent channel included."""
+@pytest.mark.parametrize("levels", [1, 2])
+def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(
+    dtype, channels_last, constant, levels
+) -> None:
+    """Chunk by chunk (the steps before a chunk cap its spikes), silent channel included;
+    spikes of theta and of theta / 2 (``levels``, tests/test_signed_bursts.py)."""
     pytest.importorskip("numba")
     g = torch.Generator().manual_seed(1)
     currents = torch.randn(24, 3, 5, 7, 6, generator=g, dtype=dtype) * 1.5
@@ -72,20 +76,20 @@ def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(dtype, channels_last, co
     theta[1] = 0  # a silent channel
     results = []
     for backend in ("torch", "fused"):
-        membrane, sent = signed_start(theta, (3, 5, 7, 6), channels_last)
+        membrane, sent = signed_start(theta, (3, 5, 7, 6), channels_last, levels)
         chunks = []
         for done, chunk in ((0, currents[:10]), (10, currents[10:])):
             steps = chunk.shape[0]
             spikes, _ = signed_integrate_and_fire(
                 chunk[0] if constant else chunk, membrane, theta, sent, steps=steps,
-                backend=backend, catch_up=3, done=done,
+                backend=backend, catch_up=3, done=done, levels=levels,
             )  # fmt: skip
             chunks.append(spikes)
         results.append((torch.cat(chunks), membrane, sent))
     for torch_value, fused_value in zip(*results, strict=True):
         assert torch.equal(torch_value, fused_value)
-    counts = (results[0][0] / theta.clamp(min=1e-9)).abs()
-    assert counts.round().max() == 3  # several spikes in one step did happen
+    counts = (results[0][0] / (theta / levels).clamp(min=1e-9)).abs()
+    assert counts.round().max() == 3 * levels  # several spikes in one step did happen
     assert not results[0][0][:, :, 1].any()  # the silent channel never fires
 
 

@@ -20,10 +20,9 @@ import snnlite
 from snnlite.graph import activation_sites
 from snnlite.neurons import (
     bits_per_step,
-    signed_integrate_and_fire,
     signed_integrate_and_fire_torch,
 )
-from tests.helpers import per_step_layout, signed_start
+from tests.helpers import signed_start
 
 
 @pytest.mark.parametrize("levels", [2, 3])
@@ -55,35 +54,6 @@ def test_the_net_spikes_are_the_input_so_far_rounded_to_finer_stairs(levels: int
             assert torch.equal(net, rounded)
         else:  # S spikes of theta / S per step at most: the output lags
             assert count.abs().max() == levels and not torch.equal(net, rounded)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("constant", [False, True])
-def test_the_fused_kernel_is_the_torch_loop_bit_for_bit(dtype, channels_last, constant) -> None:
-    """Chunk by chunk (the steps before a chunk cap its spikes), silent channel included."""
-    pytest.importorskip("numba")
-    g = torch.Generator().manual_seed(1)
-    currents = torch.randn(24, 3, 5, 7, 6, generator=g, dtype=dtype) * 1.5
-    currents = per_step_layout(currents, channels_last)
-    theta = torch.rand(5, generator=g, dtype=dtype).view(5, 1, 1)
-    theta[1] = 0  # a silent channel
-    results = []
-    for backend in ("torch", "fused"):
-        membrane, sent = signed_start(theta, (3, 5, 7, 6), channels_last, levels=2)
-        chunks = []
-        for done, chunk in ((0, currents[:10]), (10, currents[10:])):
-            spikes, _ = signed_integrate_and_fire(
-                chunk[0] if constant else chunk, membrane, theta, sent, steps=chunk.shape[0],
-                backend=backend, catch_up=2, done=done, levels=2,
-            )  # fmt: skip
-            chunks.append(spikes)
-        results.append((torch.cat(chunks), membrane, sent))
-    for torch_value, fused_value in zip(*results, strict=True):
-        assert torch.equal(torch_value, fused_value)
-    counts = (results[0][0] / (theta / 2).clamp(min=1e-9)).abs().round()
-    assert counts.max() == 4  # S B = 4 spikes of theta / 2 in one step did happen
-    assert not results[0][0][:, :, 1].any()  # the silent channel never fires
 
 
 def _deep(levels: int):
